@@ -475,10 +475,23 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _is_control(char: str) -> bool:
-    # Line and paragraph separators break a line as a control character does;
-    # lone surrogates (possible through JSON escapes) cannot be stored.
-    return unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp")
+_BAD_CHARS = {
+    "Cc": "the control character",
+    # A separator breaks a line as a control character does.
+    "Zl": "the line separator",
+    "Zp": "the paragraph separator",
+    # Reachable through JSON escapes; such a string cannot be stored.
+    "Cs": "the lone surrogate",
+}
+
+
+def _bad_char(text: str) -> str | None:
+    """Name the first character a job name may not hold, if any."""
+    for char in text:
+        what = _BAD_CHARS.get(unicodedata.category(char))
+        if what:
+            return f"{what} U+{ord(char):04X}"
+    return None
 
 
 _QUEUE_NAME_RULE = (
@@ -500,11 +513,9 @@ def _job_name_problem(name: str) -> str | None:
             f"job name {_q(name)} is {len(name)} characters long; "
             f"the limit is {MAX_JOB_NAME}"
         )
-    for char in name:
-        if _is_control(char):
-            return (
-                f"job name {_q(name)} contains the control character U+{ord(char):04X}"
-            )
+    bad = _bad_char(name)
+    if bad:
+        return f"job name {_q(name)} contains {bad}"
     if name != name.strip():
         return f"job name {_q(name)} has leading or trailing whitespace"
     return None
@@ -529,7 +540,7 @@ def _check_timeout(value: object) -> float:
         raise _Invalid(
             f"timeout must be a positive number of seconds, not {_kind(value)}"
         )
-    if isinstance(value, float) and not math.isfinite(value) or value <= 0:
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
         raise _Invalid(f"timeout must be a positive number of seconds, not {value}")
     try:
         return float(value)
@@ -629,7 +640,7 @@ def _job_from_wire(obj: object, faults: _Faults, label: str) -> JobSpec | None:
     else:
         problem = _job_name_problem(name)
         if problem:
-            faults.add(f"{label}: {problem}")
+            faults.add(problem if name else f"{label}: {problem}")
         else:
             label = f"job {_q(name)}"
     for key in obj:
@@ -857,15 +868,19 @@ def _read_document(
         job = _read_job(raw, index, path, defaults, where, faults, table)
         if job is None:
             continue
+        pos = where.value((*path, "name"))
         if job.name in first_at:
             first_index, first_pos = first_at[job.name]
-            origin = f"line {first_pos[0]}" if first_pos else f"job #{first_index + 1}"
+            # Jobs written inline share a position; their numbers tell them apart.
+            if first_pos and first_pos != pos:
+                origin = f"on line {first_pos[0]}"
+            else:
+                origin = f"as job #{first_index + 1}"
             faults.add(
-                f"duplicate job name {_q(job.name)} (first defined on {origin})",
-                where.value((*path, "name")),
+                f"duplicate job name {_q(job.name)} (first defined {origin})", pos
             )
             continue
-        first_at[job.name] = (index, where.value((*path, "name")))
+        first_at[job.name] = (index, pos)
         jobs.append(job)
     return name, jobs
 
@@ -947,7 +962,8 @@ def _read_job(
     else:
         problem = _job_name_problem(name)
         if problem:
-            faults.add(f"{label}: {problem}", where.value((*path, "name")))
+            message = problem if name else f"{label}: {problem}"
+            faults.add(message, where.value((*path, "name")))
         else:
             label = f"job {_q(name)}"
 
