@@ -1,0 +1,591 @@
+"""The asyncio node: moves bytes, runs processes, and lets the core decide.
+
+The node owns the I/O around one :class:`~amucrdt.core.NodeCore`: the
+websocket server and the dialer, one sender task per peer that pulls frames
+from the core when the socket can take them, the job runner, the document
+store on disk, and the timer. Everything the node does with the document is
+an event handed to the core and the actions the core returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from amucrdt import SCHEMA_VERSION, __version__
+from amucrdt._automerge import Document
+from amucrdt.control import Control
+from amucrdt.core import (
+    Action,
+    Close,
+    Config,
+    KillJob,
+    NodeCore,
+    Persist,
+    Rebuilt,
+    StartJob,
+    Wake,
+)
+from amucrdt.datadir import DataDir
+from amucrdt.errors import AmucrdtError, AuthError, ProtocolError, SchemaError
+from amucrdt.runner import RunSpec, Runner, local_os
+from amucrdt.state import check_schema, genesis
+from amucrdt.storage import DocStore
+from amucrdt.wire import (
+    MAX_HANDSHAKE_FRAME,
+    Hello,
+    check_proof,
+    decode_frame,
+    decode_json,
+    encode_frame,
+    encode_json,
+    proof,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 7077
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+
+#: Largest websocket message a node accepts from an authenticated peer. A sync
+#: message carrying a whole large document must fit; anything bigger closes
+#: that connection only.
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+
+#: Seconds a connection has to complete the handshake.
+HANDSHAKE_TIMEOUT = 10.0
+
+#: Compact the log into a snapshot past either bound.
+COMPACT_LOG_BYTES = 16 * 1024 * 1024
+COMPACT_LOG_RECORDS = 20_000
+
+Connection = Any  # a websockets client or server connection
+
+
+@dataclass
+class NodeOptions:
+    """Everything ``amucrdt node`` can be told on its command line."""
+
+    data_dir: Path
+    listen: str = DEFAULT_LISTEN
+    advertise: str | None = None
+    peers: list[str] = field(default_factory=list)
+    secret: bytes | None = None
+    slots: int = os.cpu_count() or 1
+    heartbeat_interval: float = 1.0
+    peer_timeout: float = 5.0
+    lease: float = 30.0
+    startup_grace: float = 3.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    max_frame: int = DEFAULT_MAX_FRAME
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Split "HOST:PORT" ("[v6]:PORT" for IPv6).
+
+    Raises:
+        AmucrdtError: when the text is not a host and a port.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise AmucrdtError(f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class _Session:
+    """One authenticated connection to a peer."""
+
+    ws: Connection
+    peer_id: str
+    dialer: str  # node id of the side that dialled
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sender: asyncio.Task[None] | None = None
+
+
+class Node:
+    """A running node; :meth:`run` serves until :meth:`stop` is called."""
+
+    def __init__(self, options: NodeOptions) -> None:
+        self.options = options
+        self.datadir = DataDir.init(options.data_dir)
+        self.datadir.lock()
+        self.node_id = self.datadir.node_id
+        self.secret = options.secret if options.secret else self.datadir.secret()
+        host, port = parse_listen(options.listen)
+        self.host, self.port = host, port
+        scheme = "wss" if options.tls_cert else "ws"
+        self.address = options.advertise or f"{scheme}://{_url_host(host)}:{port}"
+        self.store = DocStore(self.datadir.path)
+        self.runner = Runner()
+        self.sessions: dict[str, _Session] = {}
+        self.control = Control(self)
+        self._dialing: dict[str, asyncio.Task[None]] = {}
+        self._backoff: dict[str, tuple[float, float]] = {}  # url -> (delay, next)
+        self._self_urls: set[str] = {self.address}
+        self._url_peer: dict[str, str] = {}
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+        self._stopped_jobs: set[str] = set()
+        self._server: Server | None = None
+        self.core = self._load_core()
+        # Waiters for the next change of the core's heads (wait, status --watch).
+        self.changed = asyncio.Condition()
+
+    # Start-up ------------------------------------------------------------------
+
+    def _load_core(self) -> NodeCore:
+        doc, report = self.store.load()
+        where = str(self.store.snapshot_path)
+        if doc is None:
+            doc = genesis()
+            self.store.compact(doc.save())
+            log.info("node %s: new document in %s", self.node_id, self.datadir.path)
+        else:
+            check_schema(doc, where)
+            for dropped in report.dropped:
+                log.warning(
+                    "node %s: dropped damaged %s record %d at byte %d: %s",
+                    self.node_id,
+                    dropped.file,
+                    dropped.index,
+                    dropped.offset,
+                    dropped.reason,
+                )
+        # A fresh actor per process: if the last run's newest changes were
+        # lost with a torn log, reusing its actor would write a second,
+        # different change under the same sequence number.
+        doc.set_actor(os.urandom(16))
+        config = Config(
+            node_id=self.node_id,
+            address=self.address,
+            slots=self.options.slots,
+            os_name=local_os(),
+            heartbeat_interval=self.options.heartbeat_interval,
+            peer_timeout=self.options.peer_timeout,
+            lease=self.options.lease,
+            startup_grace=self.options.startup_grace,
+            resync_after=max(3.0, 3 * self.options.heartbeat_interval),
+        )
+        return NodeCore(config, doc, time.time())
+
+    def _server_ssl(self) -> ssl.SSLContext | None:
+        if not self.options.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.options.tls_cert, self.options.tls_key)
+        return context
+
+    def _client_ssl(self, url: str) -> ssl.SSLContext | None:
+        if not url.startswith("wss://"):
+            return None
+        ca = self.options.tls_ca
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        return context
+
+    async def run(self, ready: Callable[[Node], Awaitable[None]] | None = None) -> None:
+        """Serve until stopped; then shut down cleanly.
+
+        Raises:
+            AmucrdtError: when the port cannot be opened.
+        """
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            self._server = await serve(
+                self._accept,
+                self.host,
+                self.port,
+                max_size=self.options.max_frame,
+                ssl=self._server_ssl(),
+                process_request=None,
+                ping_interval=None,
+            )
+        except OSError as exc:
+            raise AmucrdtError(
+                f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from None
+        log.info(
+            "node %s listening on %s (data %s, %d slots)",
+            self.node_id,
+            self.address,
+            self.datadir.path,
+            self.options.slots,
+        )
+        self._do(self.core.startup(time.time()))
+        if ready is not None:
+            await ready(self)
+        ticker = asyncio.create_task(self._ticker())
+        dialer = asyncio.create_task(self._dialer())
+        await self._stopping.wait()
+        await self._shutdown(ticker, dialer)
+
+    def stop(self) -> None:
+        """Ask the node to shut down (signal handlers call this)."""
+        if not self._stopping.is_set():
+            log.info("node %s: stopping", self.node_id)
+            self._stopping.set()
+
+    async def _shutdown(self, *tasks: asyncio.Task[None]) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._stopped_jobs = set(self._jobs)
+        self._do(self.core.stop(time.time()))
+        if self._jobs:
+            await self.runner.kill_all("node stopping")
+            await asyncio.gather(*self._jobs.values(), return_exceptions=True)
+        # Give connected peers a moment to take our last changes (interrupted
+        # jobs above all), so they can rerun them without waiting for a lease.
+        await self._flush_peers(deadline=time.monotonic() + 2.0)
+        for task in self._dialing.values():
+            task.cancel()
+        for session in list(self.sessions.values()):
+            await session.ws.close(1001, "node stopping")
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self.store.compact(self.core.doc.save())
+        self.store.close()
+        self.datadir.unlock()
+        log.info("node %s: stopped", self.node_id)
+
+    async def _flush_peers(self, deadline: float) -> None:
+        while self.sessions and time.monotonic() < deadline:
+            if all(self.core.in_sync(peer) for peer in self.sessions):
+                return
+            for session in self.sessions.values():
+                session.wake.set()
+            await asyncio.sleep(0.05)
+
+    # Actions -------------------------------------------------------------------
+
+    def _do(self, actions: list[Action]) -> None:
+        """Carry out the core's actions, in order."""
+        woke = False
+        for action in actions:
+            if isinstance(action, Persist):
+                self.store.append(action.data)
+                woke = True
+            elif isinstance(action, Wake):
+                session = self.sessions.get(action.peer_id)
+                if session is not None:
+                    session.wake.set()
+            elif isinstance(action, StartJob):
+                self._start(action)
+            elif isinstance(action, KillJob):
+                pass  # _shutdown stops every job through the runner
+            elif isinstance(action, Close):
+                session = self.sessions.get(action.peer_id)
+                if session is not None:
+                    log.warning(
+                        "node %s: closing peer %s: %s",
+                        self.node_id,
+                        action.peer_id,
+                        action.reason,
+                    )
+                    asyncio.ensure_future(session.ws.close(1008, action.reason[:100]))
+            elif isinstance(action, Rebuilt):
+                self.store.compact(action.snapshot)
+        if woke:
+            self._maybe_compact()
+            asyncio.ensure_future(self._notify())
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    def _maybe_compact(self) -> None:
+        if (
+            self.store.log_bytes > COMPACT_LOG_BYTES
+            or self.store.log_records > COMPACT_LOG_RECORDS
+        ):
+            self.store.compact(self.core.doc.save())
+
+    def _start(self, action: StartJob) -> None:
+        spec = action.spec
+        queue, _, name = action.job_id.partition("/")
+        log_path = (
+            self.datadir.logs_dir / queue / f"{_safe_name(name)}.{action.attempt}.log"
+        )
+        run = RunSpec(
+            job_id=action.job_id,
+            queue=queue,
+            name=name,
+            attempt=action.attempt,
+            node_id=self.node_id,
+            command=action.command,
+            cwd=spec.cwd,
+            env=spec.env,
+            timeout=spec.timeout,
+            log_path=log_path,
+        )
+        self._jobs[action.job_id] = asyncio.create_task(self._run_job(run))
+
+    async def _run_job(self, run: RunSpec) -> None:
+        try:
+            outcome = await self.runner.run(run)
+        finally:
+            self._jobs.pop(run.job_id, None)
+        record: dict[str, Any] = {
+            "ok": outcome.ok,
+            "exit_code": outcome.exit_code,
+            "signal": outcome.signal,
+            "timed_out": outcome.timed_out,
+            "started": outcome.started,
+            "ended": outcome.ended,
+            "tail": outcome.tail,
+            "error": outcome.error,
+            "log": str(run.log_path),
+        }
+        if run.job_id in self._stopped_jobs:
+            record["interrupted"] = True
+        self._do(self.core.finished(run.job_id, run.attempt, record, time.time()))
+
+    # Timer and dialer ------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        interval = min(self.options.heartbeat_interval / 2, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self._do(self.core.tick(time.time()))
+                self._do(self.core.recover(time.time()))
+            except AmucrdtError as exc:
+                log.error("node %s: timer: %s", self.node_id, exc)
+            if self.core.failed_reason is not None:
+                await self._reload_from_disk()
+
+    async def _reload_from_disk(self) -> None:
+        """Last resort after a fault the core could not rebuild from memory."""
+        reason = self.core.failed_reason
+        try:
+            doc, _report = self.store.load()
+            if doc is None:
+                raise AmucrdtError("no document on disk")
+            doc.set_actor(os.urandom(16))
+            self._do(self.core.replace_document(doc, time.time()))
+            log.error(
+                "node %s: document reloaded from %s after: %s",
+                self.node_id,
+                self.datadir.path,
+                reason,
+            )
+        except AmucrdtError as exc:
+            log.critical(
+                "node %s: cannot recover (%s; reload failed: %s); the node takes "
+                "no more work and leaves %s untouched",
+                self.node_id,
+                reason,
+                exc,
+                self.datadir.path,
+            )
+            self.stop()
+
+    def _targets(self) -> set[str]:
+        urls = set(self.options.peers)
+        urls |= set(self.core.cluster.addresses)
+        urls |= {
+            str(host.get("addr"))
+            for host in self.core.cluster.hosts.values()
+            if host.get("addr")
+        }
+        connected = set(self.sessions)
+        return {
+            url
+            for url in urls
+            if url not in self._self_urls and self._url_peer.get(url) not in connected
+        }
+
+    async def _dialer(self) -> None:
+        while True:
+            now = time.monotonic()
+            for url in self._targets():
+                if url in self._dialing:
+                    continue
+                delay, next_try = self._backoff.get(url, (0.0, 0.0))
+                if now < next_try:
+                    continue
+                self._dialing[url] = asyncio.create_task(self._dial(url))
+            await asyncio.sleep(0.25)
+
+    def _failed_dial(self, url: str) -> None:
+        delay, _ = self._backoff.get(url, (0.0, 0.0))
+        delay = min(max(delay * 2, 0.5), 30.0)
+        # Jitter keeps a cluster that lost a node from redialling in lockstep.
+        self._backoff[url] = (delay, time.monotonic() + delay * random.uniform(0.5, 1.5))
+
+    async def _dial(self, url: str) -> None:
+        try:
+            async with connect(
+                url,
+                max_size=self.options.max_frame,
+                ssl=self._client_ssl(url),
+                open_timeout=HANDSHAKE_TIMEOUT,
+                ping_interval=None,
+                proxy=None,
+            ) as ws:
+                theirs = await self._handshake(ws, "dialer", url)
+                self._url_peer[url] = theirs.node
+                if theirs.node == self.node_id:
+                    self._self_urls.add(url)
+                    return
+                self._backoff.pop(url, None)
+                await self._peer_session(ws, theirs, dialer=self.node_id, where=url)
+        except (OSError, asyncio.TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            log.debug("node %s: cannot reach %s: %s", self.node_id, url, exc)
+        except (ProtocolError, AuthError, SchemaError) as exc:
+            log.warning("node %s: %s", self.node_id, exc)
+        except ConnectionClosed as exc:
+            log.debug("node %s: connection to %s closed: %s", self.node_id, url, exc)
+        finally:
+            self._dialing.pop(url, None)
+            if not self._stopping.is_set():
+                self._failed_dial(url)
+
+    # Connections -----------------------------------------------------------------
+
+    async def _accept(self, ws: ServerConnection) -> None:
+        where = _remote(ws)
+        try:
+            theirs = await self._handshake(ws, "listener", where)
+            if theirs.role == "client":
+                await self.control.serve(ws, theirs, where)
+                return
+            if theirs.node == self.node_id:
+                return
+            await self._peer_session(ws, theirs, dialer=theirs.node, where=where)
+        except (ProtocolError, AuthError, SchemaError) as exc:
+            log.warning("node %s: %s", self.node_id, exc)
+            with contextlib.suppress(ConnectionClosed):
+                await ws.close(1008, str(exc)[:100])
+        except (ConnectionClosed, asyncio.TimeoutError):
+            pass
+
+    async def _handshake(self, ws: Connection, side: str, where: str) -> Hello:
+        """Authenticate both ways; returns the other side's hello.
+
+        Raises:
+            ProtocolError, AuthError, SchemaError: naming ``where``.
+        """
+        mine = Hello.new(self.node_id, "peer", __version__, SCHEMA_VERSION, self.address)
+        other_side = "listener" if side == "dialer" else "dialer"
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            await ws.send(encode_json(mine.to_json()))
+            theirs = Hello.from_json(decode_json(await _recv_small(ws, where), where), where)
+            await ws.send(
+                encode_json({"t": "auth", "mac": proof(self.secret, side, mine, theirs).hex()})
+            )
+            check_proof(
+                self.secret, other_side, decode_json(await _recv_small(ws, where), where),
+                theirs, mine, where,
+            )  # fmt: skip
+        if theirs.role == "peer" and theirs.schema != SCHEMA_VERSION:
+            raise SchemaError(
+                f"{where}: peer {theirs.node} uses document schema {theirs.schema}; "
+                f"this node reads schema {SCHEMA_VERSION}"
+            )
+        return theirs
+
+    async def _peer_session(
+        self, ws: Connection, theirs: Hello, dialer: str, where: str
+    ) -> None:
+        peer_id = theirs.node
+        existing = self.sessions.get(peer_id)
+        if existing is not None:
+            # Both sides dialled at once. Both keep the connection dialled by
+            # the smaller node id, so they agree without another message.
+            keeper = min(self.node_id, peer_id)
+            if existing.dialer == keeper or dialer != keeper:
+                await ws.close(1000, "duplicate connection")
+                return
+            self._drop(existing)
+            await existing.ws.close(1000, "duplicate connection")
+        session = _Session(ws, peer_id, dialer)
+        self.sessions[peer_id] = session
+        info = {"version": theirs.version, "schema": theirs.schema, "address": theirs.address}
+        if theirs.address:
+            self._url_peer[theirs.address] = peer_id
+        log.info("node %s: peer %s connected (%s)", self.node_id, peer_id, where)
+        self._do(self.core.connected(peer_id, info, time.time()))
+        session.sender = asyncio.create_task(self._send_loop(session))
+        try:
+            async for message in ws:
+                if self.sessions.get(peer_id) is not session:
+                    break
+                if isinstance(message, str):
+                    raise ProtocolError(f"peer {peer_id} ({where}): text frame")
+                frame = decode_frame(message, f"peer {peer_id} ({where})")
+                self._do(self.core.receive(peer_id, frame, time.time()))
+                self._do(self.core.recover(time.time()))
+        except ProtocolError as exc:
+            log.warning("node %s: closing: %s", self.node_id, exc)
+            await ws.close(1008, str(exc)[:100])
+        finally:
+            if self.sessions.get(peer_id) is session:
+                self._drop(session)
+
+    def _drop(self, session: _Session) -> None:
+        del self.sessions[session.peer_id]
+        if session.sender is not None:
+            session.sender.cancel()
+        self._do(self.core.disconnected(session.peer_id, time.time()))
+
+    async def _send_loop(self, session: _Session) -> None:
+        try:
+            while True:
+                await session.wake.wait()
+                session.wake.clear()
+                frames = self.core.poll(session.peer_id)
+                self._do(self.core.recover(time.time()))
+                for frame in frames:
+                    # Awaiting each send is the backpressure: while a slow peer
+                    # drains, no new message is generated for it.
+                    await session.ws.send(encode_frame(frame))
+        except ConnectionClosed:
+            pass
+
+
+async def _recv_small(ws: Connection, where: str) -> bytes:
+    message = await ws.recv()
+    if isinstance(message, str):
+        raise ProtocolError(f"{where}: text frame during handshake")
+    if len(message) > MAX_HANDSHAKE_FRAME:
+        raise ProtocolError(f"{where}: oversized handshake frame ({len(message)} bytes)")
+    return bytes(message)
+
+
+def _remote(ws: Connection) -> str:
+    address = ws.remote_address
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _safe_name(name: str) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+    return safe[:100] or "_"
