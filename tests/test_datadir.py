@@ -153,7 +153,7 @@ def test_open_rejects_malformed_node_json(tmp_path: Path) -> None:
     DataDir.init(tmp_path / "d")
     (tmp_path / "d" / "node.json").write_text('{"node_id": "xyz"}')
 
-    with pytest.raises(StorageError, match="node.json has no valid node_id"):
+    with pytest.raises(StorageError, match=r"node\.json has no valid node_id"):
         DataDir.open(tmp_path / "d")
 
 
