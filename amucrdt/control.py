@@ -87,6 +87,12 @@ class Control:
             return dump(self.node.core.cluster, self.node.node_id)
         if op == "status":
             return status(self.node, now)
+        if op == "stats":
+            return {
+                "node": self.node.node_id,
+                "settle_latency": list(self.node.core.stats.settle_latency),
+                **summary_stats(self.node),
+            }
         raise AmucrdtError(f"unknown request {op!r}")
 
 
@@ -160,7 +166,6 @@ def status(node: Node, now: float) -> dict[str, Any]:
     """What ``amucrdt status --json`` prints."""
     core = node.core
     views = list(core.cluster.jobs())
-    latencies = core.stats.settle_latency
     return {
         "node": {
             "id": node.node_id,
@@ -176,16 +181,31 @@ def status(node: Node, now: float) -> dict[str, Any]:
         "peers": core.peer_status(now),
         "queues": queue_totals(views),
         "jobs": [job_json(view) for view in views],
-        "stats": {
-            "claims": core.stats.claims,
-            "won": core.stats.won,
-            "lost": core.stats.lost,
-            "withdrawn": core.stats.withdrawn,
-            "takeovers": core.stats.takeovers,
-            "started": core.stats.started,
-            "finished": core.stats.finished,
-            "resets": core.stats.resets,
-            "rebuilds": core.stats.rebuilds,
-            "settle_latency": list(latencies),
-        },
+        "stats": summary_stats(node),
+    }
+
+
+def summary_stats(node: Node) -> dict[str, Any]:
+    """The claim-path counters of a node, and its settle latency quantiles."""
+    stats = node.core.stats
+    ordered = sorted(stats.settle_latency)
+
+    def quantile(q: float) -> float | None:
+        if not ordered:
+            return None
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 6)
+
+    return {
+        "claims": stats.claims,
+        "won": stats.won,
+        "lost": stats.lost,
+        "withdrawn": stats.withdrawn,
+        "takeovers": stats.takeovers,
+        "started": stats.started,
+        "finished": stats.finished,
+        "resets": stats.resets,
+        "rebuilds": stats.rebuilds,
+        "settle_p50": quantile(0.5),
+        "settle_p99": quantile(0.99),
+        "settle_max": ordered[-1] if ordered else None,
     }
