@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import platform
 import time as _time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +196,9 @@ class NodeCore:
         self.newest_version = config.version
         self._saved_heads = doc.heads()
         self._epoch_seed = 0
+        # The first event looks at every job for claims to adopt; later
+        # events look only at the jobs their changes touched.
+        self._adopt_all = True
         self._recover_own_work(now)
         self._write_host(now)
 
@@ -577,7 +580,7 @@ class NodeCore:
             self.stats.claims += 1
         return True
 
-    def _adopt(self, now: float) -> None:
+    def _adopt(self, now: float, jobs: Iterable[str] | None = None) -> None:
         """Take up claims the document says this node wins but it is not settling.
 
         This happens after a restart, and when the claim that beat ours was
@@ -587,7 +590,12 @@ class NodeCore:
         if not self.accepting:
             return
         heads: list[bytes] | None = None
-        for view in self._open_jobs():
+        views = (
+            self._open_jobs()
+            if jobs is None
+            else [v for v in map(self._view, jobs) if v is not None]
+        )
+        for view in views:
             if view.state != CLAIMED or view.node != self.node_id:
                 continue
             key = (view.job_id, view.attempt)
@@ -597,12 +605,8 @@ class NodeCore:
                 heads = list(self.doc.heads())
             self.pending[key] = PendingClaim(view.job_id, view.attempt, heads, now)
 
-    def _open_jobs(self) -> list[JobView]:
-        return [
-            view
-            for view in self.cluster.jobs()
-            if view.state in (PENDING, CLAIMED, RUNNING)
-        ]
+    def _open_jobs(self) -> Iterator[JobView]:
+        return self.cluster.open_jobs()
 
     def _expire_leases(self, now: float) -> None:
         """Take over attempts whose runner (or every claimant) is gone."""
@@ -648,8 +652,9 @@ class NodeCore:
             return []
         actions: list[Action] = []
         try:
-            self.cluster.refresh()
-            self._adopt(now)
+            changed = self.cluster.refresh()
+            self._adopt(now, None if self._adopt_all else changed)
+            self._adopt_all = False
             self._check_acks(now)
             starts = self._settle(now)
             if self.accepting:
@@ -708,6 +713,7 @@ class NodeCore:
     ) -> list[Action]:
         """Swap in ``doc`` (rebuilt in memory or reloaded from disk)."""
         self.cluster = Cluster(doc)
+        self._adopt_all = True
         self.failed_reason = None
         self._saved_heads = doc.heads()
         for link in self.links.values():

@@ -166,6 +166,10 @@ class Cluster:
         self._seen_heads: list[bytes] | None = None
         # Derived views, dropped whenever their job's records change.
         self._views: dict[str, JobView] = {}
+        # Index into job_ids() before which every job is done or failed. A
+        # finished job never reopens, so the cursor only moves forward until
+        # the order changes; it keeps scans for open work short.
+        self._open_from = 0
         self.refresh()
 
     # Index -------------------------------------------------------------------
@@ -371,6 +375,7 @@ class Cluster:
                     ),
                 )
             ]
+            self._open_from = 0
         return self._order
 
     def spec(self, job: str) -> JobSpec | None:
@@ -420,6 +425,18 @@ class Cluster:
         """Every job's derived state, in push order."""
         for jid in self.job_ids():
             yield self.job(jid)
+
+    def open_jobs(self) -> Iterator[JobView]:
+        """Jobs not yet done or failed, in push order."""
+        order = self.job_ids()
+        while self._open_from < len(order):
+            if self.job(order[self._open_from]).state not in (DONE, FAILED):
+                break
+            self._open_from += 1
+        for jid in order[self._open_from :]:
+            view = self.job(jid)
+            if view.state not in (DONE, FAILED):
+                yield view
 
 
 def _num(value: Any) -> float:
