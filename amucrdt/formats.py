@@ -502,6 +502,8 @@ _QUEUE_NAME_RULE = (
 def _queue_name_problem(name: str) -> str | None:
     if QUEUE_NAME_RE.fullmatch(name):
         return None
+    if len(name) > 64:
+        return f"queue name {_q(name)} is {len(name)} characters long; the limit is 64"
     return f"invalid queue name {_q(name)}: {_QUEUE_NAME_RULE}"
 
 
@@ -602,7 +604,8 @@ def _check_command(value: object, table: str, key: str = "command") -> dict[str,
                     f"unknown {key} key {_q(os_name)}; use 'posix' and/or 'windows'"
                 )
         if not value:
-            raise _Invalid(f"{key} {table} is empty; give 'posix' and/or 'windows'")
+            empty = "an empty table" if table == "a table" else "an empty object"
+            raise _Invalid(f"{key} is {empty}; give 'posix' and/or 'windows'")
         commands = {os_name: value[os_name] for os_name in OS_NAMES if os_name in value}
     else:
         raise _Invalid(
@@ -734,7 +737,8 @@ def _parse_amu(text: str, faults: _Faults, width: int) -> list[JobSpec]:
     if extra:
         last, last_at = fields[len(fields) - extra]
         faults.add(
-            _short_job_message(last, len(fields), width, delimiter), lines.at(last_at)
+            _short_job_message(last, len(fields), width, delimiter, fields, lines),
+            lines.at(last_at),
         )
         del fields[len(fields) - extra :]
 
@@ -785,7 +789,14 @@ def _parse_amu(text: str, faults: _Faults, width: int) -> list[JobSpec]:
     return jobs
 
 
-def _short_job_message(name: str, count: int, width: int, delimiter: str) -> str:
+def _short_job_message(
+    name: str,
+    count: int,
+    width: int,
+    delimiter: str,
+    fields: Sequence[tuple[str, int]],
+    lines: _Lines,
+) -> str:
     """Explain a field count that does not divide into whole jobs."""
     if width == 2:
         if not name:
@@ -795,12 +806,21 @@ def _short_job_message(name: str, count: int, width: int, delimiter: str) -> str
         message = f"{what}: the file has an odd number of fields ({count})"
     else:
         have = count % 3
-        shape = "name;posix command;windows command"
+        shape = delimiter.join(("name", "posix command", "windows command"))
         who = f"job {_q(name)}" if name else "the last job"
         message = (
             f"{who} has {have} of its 3 fields ({shape}): the file has "
             f"{count} fields, not a multiple of 3"
         )
+    # The usual causes: a line without its closing delimiter, which joins two
+    # fields across the line break, or a delimiter inside a command.
+    for text, at in fields:
+        if "\n" in text:
+            line = lines.at(at)[0]
+            return (
+                f"{message}; a field runs from line {line} onto the next: "
+                f"does line {line} lack its closing {delimiter!r}?"
+            )
     if delimiter == ";":
         message += (
             "; if a command contains ';', start the file with another "
@@ -1177,9 +1197,12 @@ def _parse_json(text: str, faults: _Faults) -> tuple[str | None, list[JobSpec]]:
     except json.JSONDecodeError as exc:
         faults.add(f"JSON syntax error: {exc.msg}", (exc.lineno, exc.colno))
         return None, []
-    except (ValueError, RecursionError) as exc:
-        # Only limits end up here: nesting depth, digits in an integer.
-        faults.add(f"JSON error: {exc or 'values are nested too deeply'}")
+    except RecursionError:
+        faults.add("JSON error: values are nested too deeply")
+        return None, []
+    except ValueError as exc:
+        # Only limits end up here, such as the digits allowed in an integer.
+        faults.add(f"JSON error: {exc}")
         return None, []
     where = _json_where(text, faults)
     return _read_document(doc, where, faults, "json")
