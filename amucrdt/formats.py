@@ -248,6 +248,8 @@ def decode_utf8(data: bytes, path: str) -> str:
         FormatError: at the line and column (in characters) of the first byte
             that is not valid UTF-8.
     """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise FormatError(path, "the file is UTF-16; save it as UTF-8", 1, 1)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -1043,6 +1045,8 @@ _TOML_PAIR_LINE_RE = re.compile(
     rf"{_TOML_KEY}[ \t]*=[ \t]*"
     r"(?:[\"'\[{]|[+-]?(?:\d|inf\b|nan\b)|true\b|false\b)"
 )
+# The characters the position scan of a TOML document stops at.
+_TOML_SPECIAL_RE = re.compile(r"""[\n#"'\[\]{}]""")
 _TOML_STRINGS_RE = re.compile(r""""(?:[^"\\]|\\.)*"|'[^']*'""")
 _TOML_ERROR_AT_RE = re.compile(
     r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)$"
@@ -1158,7 +1162,8 @@ def _toml_where(text: str) -> _Where:
             depth = max(depth - 1, 0)
             i += 1
         else:
-            i += 1
+            special = _TOML_SPECIAL_RE.search(text, i)
+            i = special.start() if special else end
     return _Where(_Lines(text), keys, values)
 
 

@@ -414,6 +414,14 @@ FAULTS = [
         "invalid UTF-8 (byte 0xff); save the file as UTF-8",
         id="utf8-after-byte-order-mark",
     ),
+    pytest.param(
+        "json",
+        "\ufeff[]".encode("utf-16-le"),
+        1,
+        1,
+        "the file is UTF-16; save it as UTF-8",
+        id="utf16",
+    ),
     # amu and amu3.
     pytest.param(
         "amu",

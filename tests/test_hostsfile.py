@@ -43,8 +43,13 @@ def test_default_port_is_the_node_port() -> None:
     assert DEFAULT_PORT == 7077
 
 
+def test_empty_address_is_refused() -> None:
+    with pytest.raises(FormatError) as info:
+        normalize_address("  ", "--peer")
+    assert str(info.value) == "--peer: empty address"
+
+
 BAD = [
-    ("", 0, "empty address"),
     ("10.0.0.256", 0, "invalid IPv4 address '10.0.0.256'"),
     ("010.0.0.1", 0, "invalid IPv4 address '010.0.0.1'"),
     ("10.0.0", 0, "invalid IPv4 address '10.0.0'"),
@@ -151,8 +156,6 @@ def test_bad_address_is_refused(text: str, offset: int, reason: str | None) -> N
 def test_bad_line_is_reported_at_its_column(
     text: str, offset: int, reason: str | None
 ) -> None:
-    if not text:
-        pytest.skip("a blank line is no address")
     data = f"10.0.0.1\n\n  {text}  # a comment\n".encode()
     with pytest.raises(FormatError) as info:
         parse_hosts(data, "amu_remotehosts.txt")
