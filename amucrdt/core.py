@@ -657,8 +657,11 @@ class NodeCore:
             self._adopt_all = False
             self._check_acks(now)
             starts = self._settle(now)
-            if self.accepting:
-                self._claim(now)
+            if self.accepting and self._claim(now):
+                # Settle against a view that holds the claims just written:
+                # with no live peer they settle at once, and a stale view
+                # would count them lost while they stay in the document.
+                self.cluster.refresh()
                 self._check_acks(now)
                 starts += self._settle(now)
             self.doc.commit(time=int(now * 1000))

@@ -1,0 +1,127 @@
+"""Focused tests of NodeCore behaviours, driven event by event by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amucrdt.core import Action, Config, NodeCore, Persist, StartJob
+from amucrdt.formats import JobSpec, QueueSpec
+from amucrdt.state import CLAIMED, DONE, PENDING, genesis
+
+NODE_A = "a" * 32
+NODE_B = "b" * 32
+NODE_C = "c" * 32
+
+
+def make_core(node_id: str = NODE_A, now: float = 0.0, **options: Any) -> NodeCore:
+    """A core on a fresh genesis document, with short simulator timings."""
+    doc = genesis()
+    doc.set_actor(bytes.fromhex(node_id[:32]))
+    settings: dict[str, Any] = {
+        "heartbeat_interval": 0.2,
+        "peer_timeout": 1.0,
+        "lease": 3.0,
+        "startup_grace": 0.5,
+        "resync_after": 1.0,
+    }
+    settings.update(options)
+    return NodeCore(Config(node_id=node_id, **settings), doc, now)
+
+
+def make_queue(name: str, jobs: int, retries: int = 0) -> QueueSpec:
+    return QueueSpec(
+        name=name,
+        jobs=tuple(
+            JobSpec(name=f"job{i}", cmd={"posix": f"true {i}"}, retries=retries)
+            for i in range(jobs)
+        ),
+    )
+
+
+def starts(actions: list[Action]) -> list[tuple[str, int]]:
+    return [(a.job_id, a.attempt) for a in actions if isinstance(a, StartJob)]
+
+
+def ok(now: float) -> dict[str, Any]:
+    return {"ok": True, "exit_code": 0, "started": now, "ended": now, "tail": ""}
+
+
+def test_lone_node_starts_claimed_job_in_the_same_event() -> None:
+    core = make_core()
+    core.startup(0.0)
+
+    _new, actions = core.push_queue(make_queue("q", 1), 0.1)
+
+    assert starts(actions) == [("q/job0", 1)]
+    assert core.stats.lost == 0
+    assert core.cluster.job("q/job0").state == "running"
+
+
+def test_lone_node_runs_every_job_of_a_queue_one_after_another() -> None:
+    core = make_core()
+    core.startup(0.0)
+    _new, actions = core.push_queue(make_queue("q", 3), 0.1)
+    ran = starts(actions)
+
+    now = 0.1
+    while len(ran) < 3:
+        now += 1.0
+        job, attempt = ran[-1]
+        ran += starts(core.finished(job, attempt, ok(now), now))
+
+    assert sorted(ran) == [("q/job0", 1), ("q/job1", 1), ("q/job2", 1)]
+    core.finished(*ran[-1], ok(now + 1), now + 1)
+    assert [core.cluster.job(f"q/job{i}").state for i in range(3)] == [DONE] * 3
+    assert core.stats.claims == 3
+    assert core.stats.lost == 0
+
+
+def test_every_write_is_persisted_before_the_job_starts() -> None:
+    core = make_core()
+    core.startup(0.0)
+
+    _new, actions = core.push_queue(make_queue("q", 1), 0.1)
+
+    kinds = [type(a) for a in actions]
+    assert kinds.index(Persist) < kinds.index(StartJob)
+
+
+def test_connected_node_waits_for_peer_before_claiming() -> None:
+    core = make_core()
+    core.startup(0.0)
+    core.connected(NODE_B, {"version": "0.1.0", "schema": 1}, 0.0)
+
+    _new, actions = core.push_queue(make_queue("q", 1), 0.1)
+
+    assert starts(actions) == []
+    assert core.cluster.job("q/job0").state == PENDING
+    assert core.pending == {}
+
+
+def test_claim_does_not_settle_until_live_peer_reports_it() -> None:
+    a, b = make_core(NODE_A), make_core(NODE_B)
+    a.startup(0.0)
+    b.startup(0.0)
+    a.connected(NODE_B, {}, 0.0)
+    b.connected(NODE_A, {}, 0.0)
+    exchange(a, b, 0.0)
+
+    _new, actions = a.push_queue(make_queue("q", 1), 0.1)
+
+    assert starts(actions) == []
+    assert list(a.pending) == [("q/job0", 1)]
+    assert a.cluster.job("q/job0").state == CLAIMED
+
+
+def exchange(a: NodeCore, b: NodeCore, now: float, rounds: int = 20) -> list[Action]:
+    """Pass frames both ways until both cores fall silent; returns all actions."""
+    out: list[Action] = []
+    for _ in range(rounds):
+        moved = False
+        for src, dst in ((a, b), (b, a)):
+            for frame in src.poll(dst.node_id):
+                moved = True
+                out += dst.receive(src.node_id, frame, now)
+        if not moved:
+            break
+    return out
