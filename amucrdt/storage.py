@@ -171,7 +171,7 @@ class DocStore:
         """Number of records in the log; 0 after compaction."""
         return self._log_records
 
-    def load(self) -> tuple[Document | None, LoadReport]:
+    def load(self, *, repair: bool = True) -> tuple[Document | None, LoadReport]:
         """Load the document from the snapshot and the log.
 
         Returns (None, empty report) when neither file exists. Without a
@@ -185,6 +185,11 @@ class DocStore:
 
         Temporary files left by an interrupted :meth:`compact` are removed.
 
+        With ``repair=False`` no file is changed: damaged records are reported
+        but not cut or copied, nothing is preserved, and :meth:`append` stays
+        refused. This is for reading the data directory of a node that may be
+        running, whose last record may be half written at that moment.
+
         Raises:
             StorageError: the snapshot is unreadable, has a wrong header, a
                 bad checksum, trailing bytes or a document Automerge rejects;
@@ -192,11 +197,13 @@ class DocStore:
                 truncated or removed. A damaged snapshot is left untouched.
         """
         self.close()
-        self._remove_temporaries()
+        self._ready = False
+        if repair:
+            self._remove_temporaries()
         snapshot = self._read_snapshot()
         log_data = _read_optional(self.log_path)
         if snapshot is None and log_data is None:
-            self._set_ready(0, 0)
+            self._set_ready(0, 0, repair)
             return None, LoadReport()
 
         report = LoadReport()
@@ -211,9 +218,9 @@ class DocStore:
                     "the file is left as it is"
                 ) from exc
         if log_data is None:
-            self._set_ready(0, 0)
+            self._set_ready(0, 0, repair)
         else:
-            doc = self._apply_log(doc, snapshot, log_data, report)
+            doc = self._apply_log(doc, snapshot, log_data, report, repair)
         log.info(
             "loaded %s: snapshot %d bytes, %d log records, %d dropped",
             self.path,
@@ -224,12 +231,18 @@ class DocStore:
         return doc, report
 
     def _apply_log(
-        self, doc: Document, snapshot: bytes | None, data: bytes, report: LoadReport
+        self,
+        doc: Document,
+        snapshot: bytes | None,
+        data: bytes,
+        report: LoadReport,
+        repair: bool,
     ) -> Document:
         """Apply the good records of the log in ``data`` to ``doc``.
 
-        Fills ``report`` and cuts a damaged tail off the log. Returns the
-        document, which is a new one if a record had to be backed out.
+        Fills ``report`` and, if ``repair``, cuts a damaged tail off the log.
+        Returns the document, which is a new one if a record had to be backed
+        out.
         """
         _check_header(self.log_path, data, LOG_HEADER)
         records, damage = _scan(data)
@@ -265,8 +278,9 @@ class DocStore:
                     dropped.length,
                     dropped.reason,
                 )
-            report.preserved.append(self._cut_log(data, good_end))
-        self._set_ready(good_end - HEADER_BYTES, len(records))
+            if repair:
+                report.preserved.append(self._cut_log(data, good_end))
+        self._set_ready(good_end - HEADER_BYTES, len(records), repair)
         return doc
 
     def append(self, data: bytes) -> None:
@@ -286,7 +300,8 @@ class DocStore:
             return
         if not self._ready:
             raise StorageError(
-                f"document store {self.path}: load() must come before append()"
+                f"document store {self.path}: append() needs a load() that "
+                "may repair the log first"
             )
         if len(data) > MAX_RECORD_BYTES:
             raise StorageError(
@@ -327,7 +342,7 @@ class DocStore:
         snapshot = SNAPSHOT_HEADER + _FRAME.pack(len(full), zlib.crc32(full)) + full
         _replace(self.snapshot_path, snapshot)
         _replace(self.log_path, LOG_HEADER)
-        self._set_ready(0, 0)
+        self._set_ready(0, 0, True)
         log.info("compacted %s: snapshot %d bytes", self.path, len(full))
 
     def close(self) -> None:
@@ -336,8 +351,8 @@ class DocStore:
             os.close(self._log_fd)
             self._log_fd = None
 
-    def _set_ready(self, log_bytes: int, log_records: int) -> None:
-        self._ready = True
+    def _set_ready(self, log_bytes: int, log_records: int, ready: bool) -> None:
+        self._ready = ready
         self._log_bytes = log_bytes
         self._log_records = log_records
 

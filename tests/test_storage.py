@@ -191,10 +191,35 @@ def test_empty_append_does_nothing(tmp_path: Path) -> None:
 def test_append_before_load_is_refused(tmp_path: Path) -> None:
     store = DocStore(tmp_path)
 
-    with pytest.raises(StorageError, match=r"load\(\) must come before append\(\)"):
+    with pytest.raises(StorageError, match=r"append\(\) needs a load\(\)"):
         store.append(b"data")
 
     assert not (tmp_path / "doc.log").exists()
+
+
+def test_load_without_repair_reports_damage_and_changes_no_file(
+    tmp_path: Path,
+) -> None:
+    ends = write_records(tmp_path, 3)
+    damaged = (tmp_path / "doc.log").read_bytes()[: ends[-1] - 2]
+    (tmp_path / "doc.log").write_bytes(damaged)
+    (tmp_path / "doc.log.tmp").write_bytes(b"")
+    store = DocStore(tmp_path)
+
+    doc, report = store.load(repair=False)
+
+    assert values(doc, 3) == expected(2, 3)
+    assert report == LoadReport(
+        0,
+        2,
+        [DroppedRecord("doc.log", ends[1], 2, ends[2] - ends[1] - 8, "truncated")],
+        [],
+    )
+    assert (tmp_path / "doc.log").read_bytes() == damaged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["doc.log", "doc.log.tmp"]
+    with pytest.raises(StorageError, match=r"append\(\) needs a load\(\)"):
+        store.append(b"data")
+    assert (tmp_path / "doc.log").read_bytes() == damaged
 
 
 # Appends a record too big for the file size limit, then a small one, in a
