@@ -337,7 +337,8 @@ def parse_queue(
         file_name, jobs = _parse_json(text, faults)
 
     queue_name = name or file_name
-    if queue_name is None:
+    if queue_name is None and not faults.items:
+        # Only a file that reads cleanly is known to hold no name of its own.
         queue_name = _name_from_path(path, faults)
     faults.check()
     assert queue_name is not None  # no fault means a name was found

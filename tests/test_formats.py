@@ -290,6 +290,12 @@ def test_standard_input_without_name_asks_for_name() -> None:
     assert error.reason == "a queue read from standard input needs a name: pass --name"
 
 
+def test_syntax_error_on_standard_input_is_reported_alone() -> None:
+    error = fault_without_name(b'{"name": "piped", "jobs": [}', "-")
+    assert type(error) is FormatError
+    assert (error.line, error.column) == (1, 28)
+
+
 def test_standard_input_takes_name_from_json() -> None:
     data = b'{"name": "piped", "jobs": [{"name": "a", "command": "x"}]}'
     assert parse_queue(data, "-").name == "piped"
