@@ -389,6 +389,9 @@ def _open_log(path: Path) -> BinaryIO:
 
 def _group_alive(pgid: int) -> bool:
     """True while any process of group ``pgid`` exists (zombies included)."""
+    # Known shortcoming: an orphan that has exited but waits for init to
+    # collect it still counts, so stopping its group can take the whole grace
+    # period (then a SIGKILL that finds nothing to kill) where init is slow.
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

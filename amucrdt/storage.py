@@ -545,11 +545,15 @@ def _list_dropped(data: bytes, first: DroppedRecord) -> list[DroppedRecord]:
     nothing more can be located. The preserved tail holds all those bytes.
     """
     dropped = [first]
-    if first.reason == TRUNCATED or first.reason.startswith("length "):
+    length = first.length
+    if (
+        length is None
+        or length > MAX_RECORD_BYTES
+        or first.offset + FRAME_BYTES + length > len(data)
+    ):
         return dropped
-    assert first.length is not None
     view = memoryview(data)
-    offset = first.offset + FRAME_BYTES + first.length
+    offset = first.offset + FRAME_BYTES + length
     index = first.index + 1
     while offset < len(data):
         found = _read_record(view, offset, index, first.file)
