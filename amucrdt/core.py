@@ -653,8 +653,15 @@ class NodeCore:
         actions: list[Action] = []
         try:
             changed = self.cluster.refresh()
-            self._adopt(now, None if self._adopt_all else changed)
-            self._adopt_all = False
+            if self.ready(now):
+                self._adopt(now, None if self._adopt_all else changed)
+                self._adopt_all = False
+            else:
+                # Until it has caught up, a node must not take up a claim from
+                # what it held before (a restarted node's own old claim): its
+                # peers may have started or taken over that attempt since.
+                # Once ready, it looks at every job again.
+                self._adopt_all = True
             self._check_acks(now)
             starts = self._settle(now)
             if self.accepting and self._claim(now):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from amucrdt._automerge import Document
 from amucrdt.core import Action, Config, NodeCore, Persist, StartJob
 from amucrdt.formats import JobSpec, QueueSpec
-from amucrdt.state import CLAIMED, DONE, PENDING, genesis
+from amucrdt.state import CLAIMED, DONE, PENDING, Cluster, genesis
 
 NODE_A = "a" * 32
 NODE_B = "b" * 32
@@ -125,3 +126,61 @@ def exchange(a: NodeCore, b: NodeCore, now: float, rounds: int = 20) -> list[Act
         if not moved:
             break
     return out
+
+
+def host_record(node_id: str) -> dict[str, Any]:
+    return {"addr": "", "version": "0.1.0", "schema": 1, "os": "posix", "slots": 1}
+
+
+def disk_with_own_claim(job: str = "q/job0") -> tuple[Document, Document]:
+    """Replicas of A (holding an unsettled claim of its own) and of B.
+
+    Both know both hosts and the queue; only A's replica has A's claim.
+    """
+    doc = genesis()
+    doc.set_actor(bytes(15) + b"\x01")
+    cluster = Cluster(doc)
+    cluster.add_host(NODE_A, host_record(NODE_A))
+    cluster.add_host(NODE_B, host_record(NODE_B))
+    cluster.add_queue(make_queue("q", 1), NODE_A, 0.0)
+    doc.commit(time=0)
+    theirs = doc.fork(actor=bytes(15) + b"\x02")
+    cluster.put_claim(job, 1, NODE_A, 0.5)
+    doc.commit(time=500)
+    return doc, theirs
+
+
+def test_restarted_node_does_not_start_its_old_claim_before_catching_up() -> None:
+    mine, theirs = disk_with_own_claim()
+    b = NodeCore(Config(node_id=NODE_B, startup_grace=0.5), theirs, 0.0)
+    b.startup(0.0)
+    # B, alone past its start-up grace and never having seen A's claim,
+    # claims and starts the attempt.
+    assert starts(b.tick(1.0)) == [("q/job0", 1)]
+    a = NodeCore(Config(node_id=NODE_A, startup_grace=0.5), mine, 10.0)
+
+    actions = a.startup(10.0)
+    actions += a.connected(NODE_B, {}, 10.01)
+    b.connected(NODE_A, {}, 10.01)
+    actions += exchange(a, b, 10.02)
+    actions += a.tick(10.6)
+    actions += exchange(a, b, 10.6)
+
+    assert starts(actions) == []
+    assert a.cluster.job("q/job0").state == "running"
+    assert a.cluster.job("q/job0").node == NODE_B
+
+
+def test_restarted_node_takes_up_its_own_claim_once_caught_up() -> None:
+    mine, theirs = disk_with_own_claim()
+    a = NodeCore(Config(node_id=NODE_A, startup_grace=0.5), mine, 10.0)
+    b = NodeCore(Config(node_id=NODE_B, startup_grace=0.5), theirs, 0.0)
+
+    actions = a.startup(10.0)
+    assert starts(actions) == []
+    actions += a.connected(NODE_B, {}, 10.01)
+    b.connected(NODE_A, {}, 10.01)
+    actions += exchange(a, b, 10.02)
+
+    assert starts(actions) == [("q/job0", 1)]
+    assert b.cluster.job("q/job0").node == NODE_A
