@@ -30,12 +30,20 @@ import re
 import sys
 import tomllib
 import unicodedata
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
 from amucrdt.errors import FormatError
+from amucrdt.textpos import (
+    TOML_KEY,
+    DocPath,
+    Lines,
+    Pos,
+    Where,
+    json_where,
+    toml_where,
+)
 
 __all__ = [
     "FORMATS",
@@ -86,12 +94,6 @@ _DEFAULT_KEYS = ("timeout", "retries", "cwd", "env")
 
 # Keys of a job as JobSpec.to_json writes it.
 _WIRE_KEYS = ("name", "cmd", "timeout", "retries", "cwd", "env")
-
-# A position in a file: 1-based line and column.
-_Pos = tuple[int, int] | None
-
-# A path into a parsed TOML or JSON document: keys and list indices.
-_DocPath = tuple[str | int, ...]
 
 
 class FormatErrors(FormatError):
@@ -366,7 +368,7 @@ def load_queue(path: str, fmt: str | None = None, name: str | None = None) -> Qu
 
 
 # ---------------------------------------------------------------------------
-# Faults and positions
+# Faults
 
 
 class _Faults:
@@ -376,7 +378,7 @@ class _Faults:
         self.path = path
         self.items: list[FormatError] = []
 
-    def add(self, message: str, pos: _Pos = None) -> None:
+    def add(self, message: str, pos: Pos = None) -> None:
         line, column = pos if pos else (None, None)
         self.items.append(FormatError(self.path, message, line, column))
 
@@ -394,50 +396,6 @@ class _Faults:
 
 class _Invalid(Exception):
     """A value is wrong; the message says why, the caller says where."""
-
-
-class _Lines:
-    """Turns character offsets in a text into 1-based lines and columns."""
-
-    def __init__(self, text: str) -> None:
-        self._starts = [0]
-        self._starts.extend(m.end() for m in re.finditer("\n", text))
-
-    def at(self, offset: int) -> tuple[int, int]:
-        index = bisect_right(self._starts, offset) - 1
-        return index + 1, offset - self._starts[index] + 1
-
-
-class _Where:
-    """Where keys and values of a parsed TOML or JSON document sit in its text.
-
-    A lookup that misses falls back to the nearest enclosing key or value, so
-    a fault is reported as close to its cause as the text allows.
-    """
-
-    def __init__(
-        self, lines: _Lines, keys: dict[_DocPath, int], values: dict[_DocPath, int]
-    ) -> None:
-        self._lines = lines
-        self._keys = keys
-        self._values = values
-
-    def key(self, path: _DocPath) -> _Pos:
-        return self._find(path, self._keys, self._values)
-
-    def value(self, path: _DocPath) -> _Pos:
-        return self._find(path, self._values, self._keys)
-
-    def _find(
-        self, path: _DocPath, first: dict[_DocPath, int], second: dict[_DocPath, int]
-    ) -> _Pos:
-        while True:
-            offset = first.get(path, second.get(path))
-            if offset is not None:
-                return self._lines.at(offset)
-            if not path:
-                return None
-            path = path[:-1]
 
 
 def _q(text: str) -> str:
@@ -707,7 +665,7 @@ def _name_from_path(path: str, faults: _Faults) -> str | None:
 
 def _parse_amu(text: str, faults: _Faults, width: int) -> list[JobSpec]:
     """Parse a flat delimited list of ``width`` fields per job."""
-    lines = _Lines(text)
+    lines = Lines(text)
     start = len(text) - len(text.lstrip())
     if start == len(text):
         faults.add("empty queue: the file has no jobs")
@@ -780,11 +738,8 @@ def _parse_amu(text: str, faults: _Faults, width: int) -> list[JobSpec]:
                     name_pos,
                 )
                 continue
-        bad = [
-            (problem, at)
-            for command, at in commands
-            if (problem := _text_problem(command))
-        ]
+        bad = [(_text_problem(command), at) for command, at in commands]
+        bad = [(why, at) for why, at in bad if why]
         if bad:
             faults.add(f"{label}: command {bad[0][0]}", lines.at(bad[0][1]))
             continue
@@ -798,7 +753,7 @@ def _short_job_message(
     width: int,
     delimiter: str,
     fields: Sequence[tuple[str, int]],
-    lines: _Lines,
+    lines: Lines,
 ) -> str:
     """Explain a field count that does not divide into whole jobs."""
     if width == 2:
@@ -837,7 +792,7 @@ def _short_job_message(
 
 
 def _read_document(
-    doc: object, where: _Where, faults: _Faults, fmt: str
+    doc: object, where: Where, faults: _Faults, fmt: str
 ) -> tuple[str | None, list[JobSpec]]:
     """Check a parsed TOML or JSON queue; return its name and jobs."""
     table = "a table" if fmt == "toml" else "an object"
@@ -845,7 +800,7 @@ def _read_document(
     name: str | None = None
     defaults: dict[str, object] = {}
     raw_jobs: list[object] = []
-    base: _DocPath = ()
+    base: DocPath = ()
 
     if isinstance(doc, dict):
         top_keys = ("name", "defaults", jobs_key)
@@ -885,7 +840,7 @@ def _read_document(
         return name, []
 
     jobs: list[JobSpec] = []
-    first_at: dict[str, tuple[int, _Pos]] = {}
+    first_at: dict[str, tuple[int, Pos]] = {}
     for index, raw in enumerate(raw_jobs):
         path = (*base, index)
         job = _read_job(raw, index, path, defaults, where, faults, table)
@@ -909,7 +864,7 @@ def _read_document(
 
 
 def _read_queue_name(
-    doc: dict[str, object], where: _Where, faults: _Faults, table: str
+    doc: dict[str, object], where: Where, faults: _Faults, table: str
 ) -> str | None:
     if "name" not in doc:
         return None
@@ -926,7 +881,7 @@ def _read_queue_name(
 
 
 def _read_defaults(
-    raw: object, where: _Where, faults: _Faults, table: str
+    raw: object, where: Where, faults: _Faults, table: str
 ) -> dict[str, object]:
     """Check the defaults; return the valid ones (a wrong one is reported once)."""
     if not isinstance(raw, dict):
@@ -959,9 +914,9 @@ def _read_defaults(
 def _read_job(
     raw: object,
     index: int,
-    path: _DocPath,
+    path: DocPath,
     defaults: Mapping[str, object],
-    where: _Where,
+    where: Where,
     faults: _Faults,
     table: str,
 ) -> JobSpec | None:
@@ -1035,19 +990,17 @@ def _read_job(
 _TOML_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
 _TOML_KEY = rf"{_TOML_KEY_PART}(?:[ \t]*\.[ \t]*{_TOML_KEY_PART})*"
 _TOML_KEY_PART_RE = re.compile(_TOML_KEY_PART)
-_TOML_HEADER_RE = re.compile(rf"[ \t]*(\[\[?)[ \t]*({_TOML_KEY})[ \t]*\]\]?")
-_TOML_PAIR_RE = re.compile(rf"[ \t]*({_TOML_KEY})[ \t]*=")
+_TOML_HEADER_RE = re.compile(rf"[ \t]*(\[\[?)[ \t]*({TOML_KEY})[ \t]*\]\]?")
+_TOML_PAIR_RE = re.compile(rf"[ \t]*({TOML_KEY})[ \t]*=")
 _TOML_HEADER_LINE_RE = re.compile(
-    rf"(?:\[\[[ \t]*{_TOML_KEY}[ \t]*\]\]|\[[ \t]*{_TOML_KEY}[ \t]*\])"
+    rf"(?:\[\[[ \t]*{TOML_KEY}[ \t]*\]\]|\[[ \t]*{TOML_KEY}[ \t]*\])"
     r"[ \t]*(?:#.*)?"
 )
 # What may follow "key =" in TOML: a string, array, table, number or boolean.
 _TOML_PAIR_LINE_RE = re.compile(
-    rf"{_TOML_KEY}[ \t]*=[ \t]*"
+    rf"{TOML_KEY}[ \t]*=[ \t]*"
     r"(?:[\"'\[{]|[+-]?(?:\d|inf\b|nan\b)|true\b|false\b)"
 )
-# The characters the position scan of a TOML document stops at.
-_TOML_SPECIAL_RE = re.compile(r"""[\n#"'\[\]{}]""")
 _TOML_STRINGS_RE = re.compile(r""""(?:[^"\\]|\\.)*"|'[^']*'""")
 _TOML_ERROR_AT_RE = re.compile(
     r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)$"
@@ -1068,129 +1021,19 @@ def _parse_toml(text: str, faults: _Faults) -> tuple[str | None, list[JobSpec]]:
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         match = _TOML_ERROR_AT_RE.search(message)
-        pos: _Pos = None
+        pos: Pos = None
         if match:
             message = message[: match.start()]
             if match.group(1):
                 pos = (int(match.group(1)), int(match.group(2)))
             else:
-                pos = _Lines(text).at(len(text))
+                pos = Lines(text).at(len(text))
         faults.add(f"TOML syntax error: {message}", pos)
         return None, []
     except RecursionError:
         faults.add("TOML syntax error: values are nested too deeply")
         return None, []
-    return _read_document(doc, _toml_where(text), faults, "toml")
-
-
-def _toml_key_parts(key: str) -> tuple[str, ...]:
-    parts = []
-    for match in _TOML_KEY_PART_RE.finditer(key):
-        part = match.group()
-        if part.startswith('"'):
-            try:
-                part = json.loads(part)
-            except ValueError:
-                # A TOML-only escape such as \e; close enough for finding lines.
-                part = part[1:-1]
-        elif part.startswith("'"):
-            part = part[1:-1]
-        parts.append(part)
-    return tuple(parts)
-
-
-def _toml_where(text: str) -> _Where:
-    """Find where headers and keys of a valid TOML document are.
-
-    This scans only as much TOML as positions need (headers, keys, strings,
-    brackets and comments); the values themselves come from tomllib. Tables
-    in an array (``[[job]]``) get their index in the path: ``("job", 2)``.
-    """
-    keys: dict[_DocPath, int] = {}
-    values: dict[_DocPath, int] = {}
-    counts: dict[_DocPath, int] = {}  # array of tables -> index of its last table
-    table: _DocPath = ()
-
-    def resolve(parts: Iterable[str]) -> _DocPath:
-        path: _DocPath = ()
-        for part in parts:
-            path = (*path, part)
-            if path in counts:
-                path = (*path, counts[path])
-        return path
-
-    i, end, depth, line_start = 0, len(text), 0, True
-    while i < end:
-        if line_start and depth == 0:
-            line_start = False
-            header = _TOML_HEADER_RE.match(text, i)
-            if header:
-                parts = _toml_key_parts(header.group(2))
-                at = header.start(1)
-                if header.group(1) == "[[":
-                    array = (*resolve(parts[:-1]), parts[-1])
-                    counts[array] = counts.get(array, -1) + 1
-                    keys.setdefault(array, at)
-                    table = (*array, counts[array])
-                else:
-                    table = resolve(parts)
-                    keys.setdefault(table, at)
-                values.setdefault(table, at)
-                i = header.end()
-                continue
-            pair = _TOML_PAIR_RE.match(text, i)
-            if pair:
-                parts = _toml_key_parts(pair.group(1))
-                for length in range(1, len(parts) + 1):
-                    keys.setdefault((*table, *parts[:length]), pair.start(1))
-                i = pair.end()
-                continue
-        char = text[i]
-        if char == "\n":
-            line_start = True
-            i += 1
-        elif char == "#":
-            newline = text.find("\n", i)
-            i = end if newline < 0 else newline
-        elif text.startswith('"""', i) or text.startswith("'''", i):
-            i = _skip_toml_multiline(text, i)
-        elif char in "\"'":
-            i = _skip_toml_string(text, i)
-        elif char in "[{":
-            depth += 1
-            i += 1
-        elif char in "]}":
-            depth = max(depth - 1, 0)
-            i += 1
-        else:
-            special = _TOML_SPECIAL_RE.search(text, i)
-            i = special.start() if special else end
-    return _Where(_Lines(text), keys, values)
-
-
-def _skip_toml_multiline(text: str, i: int) -> int:
-    quotes = text[i : i + 3]
-    j = i + 3
-    while j < len(text):
-        if quotes == '"""' and text[j] == "\\":
-            j += 2
-        elif text.startswith(quotes, j):
-            j += 3
-            # Up to two more quotes may close the string as its content.
-            while j < len(text) and text[j] == quotes[0]:
-                j += 1
-            return j
-        else:
-            j += 1
-    return j
-
-
-def _skip_toml_string(text: str, i: int) -> int:
-    quote = text[i]
-    j = i + 1
-    while j < len(text) and text[j] not in (quote, "\n"):
-        j += 2 if quote == '"' and text[j] == "\\" else 1
-    return j + 1
+    return _read_document(doc, toml_where(text), faults, "toml")
 
 
 # ---------------------------------------------------------------------------
@@ -1210,77 +1053,10 @@ def _parse_json(text: str, faults: _Faults) -> tuple[str | None, list[JobSpec]]:
         # Only limits end up here, such as the digits allowed in an integer.
         faults.add(f"JSON error: {exc}")
         return None, []
-    where = _json_where(text, faults)
+    where, repeats = json_where(text)
+    for key, offset, first in repeats:
+        faults.add(
+            f"duplicate key {_q(key)} (first on line {where.at(first)[0]})",
+            where.at(offset),
+        )
     return _read_document(doc, where, faults, "json")
-
-
-_JSON_SCALAR_RE = re.compile(r"[^,\]}\s]+")
-_JSON_SPACE_RE = re.compile(r"[ \t\n\r]*")
-_JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-
-
-def _json_where(text: str, faults: _Faults) -> _Where:
-    """Find where keys and values of a valid JSON document are.
-
-    Also reports a key repeated within one object, which ``json`` would
-    silently resolve to the last value.
-    """
-    lines = _Lines(text)
-    keys: dict[_DocPath, int] = {}
-    values: dict[_DocPath, int] = {}
-
-    def space(i: int) -> int:
-        match = _JSON_SPACE_RE.match(text, i)
-        assert match is not None  # the pattern matches the empty string
-        return match.end()
-
-    def string_end(i: int) -> int:
-        match = _JSON_STRING_RE.match(text, i)
-        assert match is not None  # the document is valid
-        return match.end()
-
-    def walk(i: int, path: _DocPath) -> int:
-        i = space(i)
-        values[path] = i
-        char = text[i]
-        if char == '"':
-            return string_end(i)
-        if char not in "[{":
-            match = _JSON_SCALAR_RE.match(text, i)
-            assert match is not None  # the document is valid
-            return match.end()
-        closing = "]" if char == "[" else "}"
-        i = space(i + 1)
-        if text[i] == closing:
-            return i + 1
-        index = 0
-        while True:
-            child: _DocPath
-            if char == "[":
-                child = (*path, index)
-                index += 1
-            else:
-                i = space(i)
-                after = string_end(i)
-                key = json.loads(text[i:after])
-                child = (*path, key)
-                if child in keys:
-                    first = lines.at(keys[child])[0]
-                    faults.add(
-                        f"duplicate key {_q(key)} (first on line {first})",
-                        lines.at(i),
-                    )
-                else:
-                    keys[child] = i
-                i = space(after) + 1  # past the ':'
-            i = space(walk(i, child))
-            if text[i] == closing:
-                return i + 1
-            i += 1  # past the ','
-
-    try:
-        walk(0, ())
-    except RecursionError:
-        # Positions are a help for messages; without them faults have none.
-        return _Where(lines, {}, {})
-    return _Where(lines, keys, values)

@@ -23,6 +23,7 @@ from amucrdt.formats import (
     parse_queue,
     validate_queue_name,
 )
+from amucrdt.textpos import json_where, toml_where
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "formats"
 
@@ -1133,6 +1134,54 @@ def test_many_faults_print_a_bounded_list() -> None:
     lines = str(info.value).splitlines()
     assert len(lines) == 21
     assert lines[-1] == "... and 10 more"
+
+
+# ---------------------------------------------------------------------------
+# Finding keys and values in the text
+
+
+def test_toml_scan_skips_strings_comments_and_arrays() -> None:
+    text = """\
+name = "q"  # [[job]] in a comment
+[[job]]
+name = "a"
+command = \"\"\"
+[[job]]
+name = "not a job"
+\"\"\"
+list = [
+  "x = 1",
+  '[[job]]',
+]
+"quoted key" = 1
+[job.env]
+A = "1"
+
+[[job]]
+  name = 'b'
+"""
+    where = toml_where(text)
+    assert where.key(("name",)) == (1, 1)
+    assert where.value(("job", 0)) == (2, 1)
+    assert where.key(("job", 0, "command")) == (4, 1)
+    assert where.key(("job", 0, "quoted key")) == (12, 1)
+    assert where.key(("job", 0, "env")) == (13, 1)
+    assert where.key(("job", 0, "env", "A")) == (14, 1)
+    assert where.value(("job", 1)) == (16, 1)
+    assert where.key(("job", 1, "name")) == (17, 3)
+    # Unknown paths fall back to the nearest enclosing one.
+    assert where.key(("job", 1, "timeout")) == (16, 1)
+    assert where.key(("nothing",)) is None
+
+
+def test_json_scan_finds_values_keys_and_repeats() -> None:
+    text = '{"a": [1, {"b": "x,]}"}],\n "a": null}'
+    where, repeats = json_where(text)
+    assert where.key(("a",)) == (1, 2)
+    assert where.value(("a", 0)) == (1, 8)
+    assert where.value(("a", 1, "b")) == (1, 17)
+    assert repeats == [("a", 27, 1)]
+    assert where.at(27) == (2, 2)
 
 
 # ---------------------------------------------------------------------------
