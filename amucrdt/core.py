@@ -261,7 +261,7 @@ class NodeCore:
         link = Link(peer_id=peer_id, info=dict(info), connected_at=now)
         self.links[peer_id] = link
         self.last_heard[peer_id] = now
-        self._note_version(str(info.get("version", "")))
+        self.note_version(str(info.get("version", "")))
         log.info("node %s: peer %s connected", self.node_id, peer_id)
         self._queue_heartbeat(link, now)
         return [Wake(peer_id)]
@@ -733,7 +733,13 @@ class NodeCore:
         ]
         return actions + self._after(now)
 
-    def _note_version(self, version: str) -> None:
+    def note_version(self, version: str) -> None:
+        """Remember ``version`` if it is the newest amucrdt seen on a peer.
+
+        The driver also calls this for peers it refuses for their schema: a
+        peer on a newer schema is the clearest sign this node needs upgrading.
+        Nothing is ever installed; the version is only reported.
+        """
         if _version_key(version) > _version_key(self.newest_version):
             self.newest_version = version
             log.warning(
