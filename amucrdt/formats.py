@@ -436,23 +436,25 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-_BAD_CHARS = {
-    "Cc": "the control character",
-    # A separator breaks a line as a control character does.
-    "Zl": "the line separator",
-    "Zp": "the paragraph separator",
-    # Reachable through JSON escapes; such a string cannot be stored.
-    "Cs": "the lone surrogate",
-}
+# Characters a job name may not hold: control characters (Cc), the line and
+# paragraph separators, which break a line as a control character does, and
+# lone surrogates, reachable through JSON escapes, which cannot be stored.
+_BAD_NAME_CHAR_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
 
 
 def _bad_char(text: str) -> str | None:
     """Name the first character a job name may not hold, if any."""
-    for char in text:
-        what = _BAD_CHARS.get(unicodedata.category(char))
-        if what:
-            return f"{what} U+{ord(char):04X}"
-    return None
+    match = _BAD_NAME_CHAR_RE.search(text)
+    if not match:
+        return None
+    char = match.group()
+    what = {
+        "Zl": "the line separator",
+        "Zp": "the paragraph separator",
+        "Cs": "the lone surrogate",
+    }.get(unicodedata.category(char), "the control character")
+    return f"{what} U+{ord(char):04X}"
 
 
 _QUEUE_NAME_RULE = (
@@ -488,7 +490,7 @@ def _text_problem(text: str) -> str | None:
     """Why a command, directory or variable cannot be handed to the OS."""
     if "\x00" in text:
         return "contains a NUL character"
-    if any(unicodedata.category(char) == "Cs" for char in text):
+    if _SURROGATE_RE.search(text):
         return "contains a lone surrogate"
     return None
 
