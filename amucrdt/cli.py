@@ -184,7 +184,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
         path = Path(args.data_dir_only)
         store = DocStore(path)
-        doc, report = store.load()
+        # A running node may be appending to this log; read without repairing.
+        doc, report = store.load(repair=False)
         store.close()
         if doc is None:
             raise AmucrdtError(f"{path}: no document (is this a data directory?)")
