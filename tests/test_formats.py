@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from markdown_blocks import read_blocks
 
 from amucrdt.errors import FormatError
 from amucrdt.formats import (
@@ -1327,6 +1328,62 @@ def test_examples_without_extension_are_detected_by_content() -> None:
     for fmt in ("amu", "toml", "json"):
         (path,) = EXAMPLES.glob(f"*.{fmt}")
         assert detect_format("-", path.read_bytes()) == fmt
+
+
+# ---------------------------------------------------------------------------
+# docs/formats.md shows real behaviour
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "formats.md"
+
+# The inputs behind each error message the documentation quotes.
+DOC_FAULTS = [
+    ("nightly.amu", "build;make -j4; make test;\nlint;ruff .;\n"),
+    ("copy.amu3", "list;ls -l;dir\ncopy;cp a b;copy a b;\n"),
+    ("nightly.amu", "build;make;\ntest;make test;\nbuild;make all;\n"),
+    ("encode.amu", b"encode;ffmpeg -i caf\xe9.mov out.mp4;"),
+    ("render.toml", '[[job]]\nname = "render"\ncommand = "x"\ntimout = 600\n'),
+    ("render.toml", '[[job]]\nname = "render"\ncommand = "blender -b a.blend\n'),
+    ("jobs.json", '{"jobs": [\n  {"name": "a", "command": "x"},\n]}'),
+    ("encode.json", '[\n  {"name": "encode", "command": {"linux": "ffmpeg"}}\n]'),
+    ("empty.toml", "[defaults]\ntimeout = 60\n"),
+    ("-", "a;b"),
+    ("my jobs.amu", "a;b"),
+    (
+        "render.toml",
+        '[[job]]\nname = "render"\ncommand = "x"\ntimeout = "10m"\nretries = -1\n',
+    ),
+]
+
+
+def doc_blocks(language: str) -> list[str]:
+    """The fenced blocks of the formats page in ``language`` ("" for plain)."""
+    return [block.text for block in read_blocks(DOC) if block.info[0] == language]
+
+
+@pytest.mark.parametrize(("path", "data"), DOC_FAULTS)
+def test_documented_error_messages_are_real(path: str, data: str | bytes) -> None:
+    raw = data.encode() if isinstance(data, str) else data
+    with pytest.raises(FormatError) as info:
+        parse_queue(raw, path)
+    documented = "\n".join(doc_blocks(""))
+    for line in str(info.value).splitlines():
+        assert line in documented.splitlines()
+
+
+def test_documented_dry_run_output_is_real() -> None:
+    (shown,) = [b for b in doc_blocks("json") if '"queue": "nightly"' in b]
+    queue = load_queue(str(EXAMPLES / "nightly.toml"))
+    assert json.loads(shown) == {
+        "queue": queue.name,
+        "jobs": [job.to_json() for job in queue.jobs],
+    }
+
+
+def test_documented_queue_examples_parse() -> None:
+    for block in doc_blocks("toml") + doc_blocks("json"):
+        if '"queue":' not in block:
+            fmt = "json" if block.lstrip()[0] in "[{" else "toml"
+            assert parse_queue(block.encode(), "-", fmt, "doc").jobs
 
 
 # ---------------------------------------------------------------------------

@@ -7,10 +7,17 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from markdown_blocks import read_blocks
 
 from amucrdt.errors import FormatError
 from amucrdt.formats import FormatErrors
 from amucrdt.hostsfile import DEFAULT_PORT, load_hosts, normalize_address, parse_hosts
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "formats.md"
+
+
+def plain_doc_blocks() -> list[str]:
+    return [block.text for block in read_blocks(DOC) if block.info[0] == ""]
 
 
 @pytest.mark.parametrize(
@@ -243,3 +250,25 @@ def test_ipv6_with_port_round_trips(address: object, port: int) -> None:
     url = normalize_address(f"[{address}]:{port}", "x")
     assert url == f"ws://[{address}]:{port}"
     assert normalize_address(url, "x") == url
+
+
+def test_documented_hosts_file_is_real() -> None:
+    (example,) = [b for b in plain_doc_blocks() if b.startswith("# render farm")]
+    assert parse_hosts(example.encode(), "hosts.txt") == [
+        "ws://10.0.0.2:7077",
+        "ws://10.0.0.3:7078",
+        "ws://[fd00::12]:7077",
+        "ws://[fd00::13]:7078",
+        "ws://render-01:7077",
+        "ws://render-02.lab.example:9000",
+        "wss://gateway.lab.example:443",
+    ]
+
+
+def test_documented_hosts_errors_are_real() -> None:
+    data = b"10.0.0.2\n10.0.0.2:70000\nfe80::1\nrender_01\nhttp://10.0.0.9\n"
+    with pytest.raises(FormatErrors) as info:
+        parse_hosts(data, "amu_remotehosts.txt")
+    documented = [line for b in plain_doc_blocks() for line in b.splitlines()]
+    for line in str(info.value).splitlines():
+        assert line in documented
