@@ -26,6 +26,7 @@ import shlex
 import shutil
 import sys
 import sysconfig
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -268,8 +269,10 @@ def verify(
             continue
         try:
             unpacked = gzip.decompress(gz_path.read_bytes())
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
+        except (OSError, EOFError, zlib.error) as exc:
+            # OSError covers a missing file and a bad gzip header; EOFError
+            # and zlib.error a cut or damaged stream.
+            reason = getattr(exc, "strerror", None) or str(exc)
             verdict.mismatches.append(f"{source.name}: {gz_path}: {reason}")
             continue
         if unpacked != original:
