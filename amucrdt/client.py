@@ -51,7 +51,7 @@ class Client:
                 ping_interval=None,
                 proxy=None,
             )
-        except (OSError, asyncio.TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        except (TimeoutError, OSError, InvalidHandshake, InvalidURI) as exc:
             raise ClientError(
                 f"cannot reach node at {self.url}: {_reason(exc)}; is `amucrdt node` "
                 "running there?"
@@ -111,11 +111,14 @@ class Client:
         self._next_id += 1
         rid = self._next_id
         try:
-            await self._ws.send(encode_json({"t": "req", "id": rid, "op": op, **fields}))
+            request = {"t": "req", "id": rid, "op": op, **fields}
+            await self._ws.send(encode_json(request))
             reply = decode_json(_bytes(await self._ws.recv()), self.url)
         except ConnectionClosed as exc:
             reason = exc.rcvd.reason if exc.rcvd else "no reason given"
-            raise ClientError(f"node at {self.url} closed the connection: {reason}") from None
+            raise ClientError(
+                f"node at {self.url} closed the connection: {reason}"
+            ) from None
         except ProtocolError as exc:
             raise ClientError(str(exc)) from None
         if reply.get("id") != rid:

@@ -23,7 +23,7 @@ from amucrdt.errors import AmucrdtError, FormatError, ProtocolError
 from amucrdt.formats import JobSpec, QueueSpec, validate_queue_name
 from amucrdt.hostsfile import normalize_address
 from amucrdt.state import Cluster, JobView
-from amucrdt.wire import Hello, decode_json, encode_json
+from amucrdt.wire import Hello, close_connection, decode_json, encode_json
 
 if TYPE_CHECKING:
     from amucrdt.node import Node
@@ -58,7 +58,7 @@ class Control:
                 await ws.send(encode_json(reply))
         except ProtocolError as exc:
             log.warning("node %s: %s", self.node.node_id, exc)
-            await ws.close(1008, str(exc)[:100])
+            await close_connection(ws, 1008, str(exc))
         except ConnectionClosed:
             pass
 
@@ -77,7 +77,9 @@ class Control:
             return {"queue": spec.name, "jobs": len(spec.jobs), "new": new}
         if op == "push_hosts":
             hosts = request.get("hosts")
-            if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+            if not isinstance(hosts, list) or not all(
+                isinstance(h, str) for h in hosts
+            ):
                 raise AmucrdtError("push_hosts: hosts must be a list of addresses")
             urls = [normalize_address(h, "push_hosts") for h in hosts]
             added, actions = self.node.core.push_hosts(urls, now)
@@ -107,9 +109,12 @@ def _queue_from_json(obj: Any) -> QueueSpec:
     if not isinstance(jobs, list) or not jobs:
         raise FormatError("request", f"queue {name}: jobs must be a non-empty list")
     if len(jobs) > MAX_JOBS_PER_QUEUE:
-        raise FormatError("request", f"queue {name}: more than {MAX_JOBS_PER_QUEUE} jobs")
+        raise FormatError(
+            "request", f"queue {name}: more than {MAX_JOBS_PER_QUEUE} jobs"
+        )
     specs = tuple(
-        JobSpec.from_json(job, f"queue {name} job {i + 1}") for i, job in enumerate(jobs)
+        JobSpec.from_json(job, f"queue {name} job {i + 1}")
+        for i, job in enumerate(jobs)
     )
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
@@ -155,7 +160,14 @@ def queue_totals(views: list[JobView]) -> dict[str, dict[str, int]]:
     for view in views:
         row = totals.setdefault(
             view.queue,
-            {"total": 0, "pending": 0, "claimed": 0, "running": 0, "done": 0, "failed": 0},
+            {
+                "total": 0,
+                "pending": 0,
+                "claimed": 0,
+                "running": 0,
+                "done": 0,
+                "failed": 0,
+            },
         )
         row["total"] += 1
         row[view.state] += 1

@@ -17,7 +17,7 @@ import random
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from amucrdt import SCHEMA_VERSION, __version__
-from amucrdt._automerge import Document
 from amucrdt.control import Control
 from amucrdt.core import (
     Action,
@@ -42,13 +41,14 @@ from amucrdt.core import (
 )
 from amucrdt.datadir import DataDir
 from amucrdt.errors import AmucrdtError, AuthError, ProtocolError, SchemaError
-from amucrdt.runner import RunSpec, Runner, local_os
+from amucrdt.runner import Runner, RunSpec, local_os
 from amucrdt.state import check_schema, genesis
 from amucrdt.storage import DocStore
 from amucrdt.wire import (
     MAX_HANDSHAKE_FRAME,
     Hello,
     check_proof,
+    close_connection,
     decode_frame,
     decode_json,
     encode_frame,
@@ -104,7 +104,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     """
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise AmucrdtError(f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+        raise AmucrdtError(
+            f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}"
+        )
     return host.strip("[]"), int(port)
 
 
@@ -117,6 +119,8 @@ class _Session:
     dialer: str  # node id of the side that dialled
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     sender: asyncio.Task[None] | None = None
+    # Set once the node has begun closing this connection.
+    closing: bool = False
 
 
 class Node:
@@ -144,6 +148,9 @@ class Node:
         self._stopping = asyncio.Event()
         self._stopped_jobs: set[str] = set()
         self._server: Server | None = None
+        # Fire-and-forget work (closing a link, waking waiters), kept here so
+        # that no task is collected before it ends.
+        self._tasks: set[asyncio.Task[None]] = set()
         self.core = self._load_core()
         # Waiters for the next change of the core's heads (wait, status --watch).
         self.changed = asyncio.Condition()
@@ -151,23 +158,15 @@ class Node:
     # Start-up ------------------------------------------------------------------
 
     def _load_core(self) -> NodeCore:
-        doc, report = self.store.load()
+        doc, _report = self.store.load()
         where = str(self.store.snapshot_path)
         if doc is None:
             doc = genesis()
             self.store.compact(doc.save())
             log.info("node %s: new document in %s", self.node_id, self.datadir.path)
         else:
+            # The store has already logged each damaged record it dropped.
             check_schema(doc, where)
-            for dropped in report.dropped:
-                log.warning(
-                    "node %s: dropped damaged %s record %d at byte %d: %s",
-                    self.node_id,
-                    dropped.file,
-                    dropped.index,
-                    dropped.offset,
-                    dropped.reason,
-                )
         # A fresh actor per process: if the last run's newest changes were
         # lost with a torn log, reusing its actor would write a second,
         # different change under the same sequence number.
@@ -214,7 +213,9 @@ class Node:
                 self._accept,
                 self.host,
                 self.port,
-                max_size=self.options.max_frame,
+                # Raised to --max-frame once the other side has authenticated:
+                # a stranger cannot make the node buffer more than a hello.
+                max_size=MAX_HANDSHAKE_FRAME,
                 ssl=self._server_ssl(),
                 process_request=None,
                 ping_interval=None,
@@ -260,8 +261,12 @@ class Node:
         await self._flush_peers(deadline=time.monotonic() + 2.0)
         for task in self._dialing.values():
             task.cancel()
-        for session in list(self.sessions.values()):
-            await session.ws.close(1001, "node stopping")
+        await asyncio.gather(
+            *(
+                close_connection(session.ws, 1001, "node stopping")
+                for session in list(self.sessions.values())
+            )
+        )
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -297,19 +302,26 @@ class Node:
                 pass  # _shutdown stops every job through the runner
             elif isinstance(action, Close):
                 session = self.sessions.get(action.peer_id)
-                if session is not None:
+                if session is not None and not session.closing:
+                    session.closing = True
                     log.warning(
                         "node %s: closing peer %s: %s",
                         self.node_id,
                         action.peer_id,
                         action.reason,
                     )
-                    asyncio.ensure_future(session.ws.close(1008, action.reason[:100]))
+                    self._background(close_connection(session.ws, 1008, action.reason))
             elif isinstance(action, Rebuilt):
                 self.store.compact(action.snapshot)
         if woke:
             self._maybe_compact()
-            asyncio.ensure_future(self._notify())
+            self._background(self._notify())
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task the node keeps until it ends."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _notify(self) -> None:
         async with self.changed:
@@ -423,7 +435,7 @@ class Node:
             for url in self._targets():
                 if url in self._dialing:
                     continue
-                delay, next_try = self._backoff.get(url, (0.0, 0.0))
+                _, next_try = self._backoff.get(url, (0.0, 0.0))
                 if now < next_try:
                     continue
                 self._dialing[url] = asyncio.create_task(self._dial(url))
@@ -433,13 +445,16 @@ class Node:
         delay, _ = self._backoff.get(url, (0.0, 0.0))
         delay = min(max(delay * 2, 0.5), 30.0)
         # Jitter keeps a cluster that lost a node from redialling in lockstep.
-        self._backoff[url] = (delay, time.monotonic() + delay * random.uniform(0.5, 1.5))
+        self._backoff[url] = (
+            delay,
+            time.monotonic() + delay * random.uniform(0.5, 1.5),
+        )
 
     async def _dial(self, url: str) -> None:
         try:
             async with connect(
                 url,
-                max_size=self.options.max_frame,
+                max_size=MAX_HANDSHAKE_FRAME,
                 ssl=self._client_ssl(url),
                 open_timeout=HANDSHAKE_TIMEOUT,
                 ping_interval=None,
@@ -452,7 +467,7 @@ class Node:
                     return
                 self._backoff.pop(url, None)
                 await self._peer_session(ws, theirs, dialer=self.node_id, where=url)
-        except (OSError, asyncio.TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        except (TimeoutError, OSError, InvalidHandshake, InvalidURI) as exc:
             log.debug("node %s: cannot reach %s: %s", self.node_id, url, exc)
         except (ProtocolError, AuthError, SchemaError) as exc:
             log.warning("node %s: %s", self.node_id, exc)
@@ -477,34 +492,56 @@ class Node:
             await self._peer_session(ws, theirs, dialer=theirs.node, where=where)
         except (ProtocolError, AuthError, SchemaError) as exc:
             log.warning("node %s: %s", self.node_id, exc)
-            with contextlib.suppress(ConnectionClosed):
-                await ws.close(1008, str(exc)[:100])
-        except (ConnectionClosed, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionClosed):
             pass
 
     async def _handshake(self, ws: Connection, side: str, where: str) -> Hello:
         """Authenticate both ways; returns the other side's hello.
 
+        On failure the connection is closed with the reason (less ``where``)
+        before the error is raised.
+
         Raises:
             ProtocolError, AuthError, SchemaError: naming ``where``.
         """
-        mine = Hello.new(self.node_id, "peer", __version__, SCHEMA_VERSION, self.address)
+        described = [where]
+        try:
+            return await self._authenticate(ws, side, described)
+        except (ProtocolError, AuthError, SchemaError) as exc:
+            await close_connection(ws, 1008, _detail(exc, described[-1]))
+            raise
+
+    async def _authenticate(
+        self, ws: Connection, side: str, described: list[str]
+    ) -> Hello:
+        where = described[-1]
+        mine = Hello.new(
+            self.node_id, "peer", __version__, SCHEMA_VERSION, self.address
+        )
         other_side = "listener" if side == "dialer" else "dialer"
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             await ws.send(encode_json(mine.to_json()))
-            theirs = Hello.from_json(decode_json(await _recv_small(ws, where), where), where)
-            await ws.send(
-                encode_json({"t": "auth", "mac": proof(self.secret, side, mine, theirs).hex()})
+            theirs = Hello.from_json(
+                decode_json(await _recv_small(ws, where), where), where
             )
-            check_proof(
-                self.secret, other_side, decode_json(await _recv_small(ws, where), where),
-                theirs, mine, where,
-            )  # fmt: skip
+            # From here on, messages name what the other side says it is, so a
+            # refused node can be found by its address, not only by the port
+            # its connection came from.
+            if side == "listener":
+                where = _describe(where, theirs)
+                described.append(where)
+            mac = proof(self.secret, side, mine, theirs)
+            await ws.send(encode_json({"t": "auth", "mac": mac.hex()}))
+            auth = decode_json(await _recv_small(ws, where), where)
+            check_proof(self.secret, other_side, auth, theirs, mine, where)
         if theirs.role == "peer" and theirs.schema != SCHEMA_VERSION:
+            # Authenticated: the version it claims is the cluster's word.
+            self.core.note_version(theirs.version)
             raise SchemaError(
                 f"{where}: peer {theirs.node} uses document schema {theirs.schema}; "
                 f"this node reads schema {SCHEMA_VERSION}"
             )
+        _set_max_size(ws, self.options.max_frame)
         return theirs
 
     async def _peer_session(
@@ -517,13 +554,17 @@ class Node:
             # the smaller node id, so they agree without another message.
             keeper = min(self.node_id, peer_id)
             if existing.dialer == keeper or dialer != keeper:
-                await ws.close(1000, "duplicate connection")
+                await close_connection(ws, 1000, "duplicate connection")
                 return
             self._drop(existing)
-            await existing.ws.close(1000, "duplicate connection")
+            await close_connection(existing.ws, 1000, "duplicate connection")
         session = _Session(ws, peer_id, dialer)
         self.sessions[peer_id] = session
-        info = {"version": theirs.version, "schema": theirs.schema, "address": theirs.address}
+        info = {
+            "version": theirs.version,
+            "schema": theirs.schema,
+            "address": theirs.address,
+        }
         if theirs.address:
             self._url_peer[theirs.address] = peer_id
         log.info("node %s: peer %s connected (%s)", self.node_id, peer_id, where)
@@ -540,7 +581,15 @@ class Node:
                 self._do(self.core.recover(time.time()))
         except ProtocolError as exc:
             log.warning("node %s: closing: %s", self.node_id, exc)
-            await ws.close(1008, str(exc)[:100])
+            session.closing = True
+            await close_connection(ws, 1008, _detail(exc, f"peer {peer_id} ({where})"))
+        except AmucrdtError as exc:
+            # The core refused the frame; the node goes on, without this link.
+            log.error(
+                "node %s: closing peer %s (%s): %s", self.node_id, peer_id, where, exc
+            )
+            session.closing = True
+            await close_connection(ws, 1011, "internal error")
         finally:
             if self.sessions.get(peer_id) is session:
                 self._drop(session)
@@ -571,8 +620,35 @@ async def _recv_small(ws: Connection, where: str) -> bytes:
     if isinstance(message, str):
         raise ProtocolError(f"{where}: text frame during handshake")
     if len(message) > MAX_HANDSHAKE_FRAME:
-        raise ProtocolError(f"{where}: oversized handshake frame ({len(message)} bytes)")
+        raise ProtocolError(
+            f"{where}: oversized handshake frame ({len(message)} bytes)"
+        )
     return bytes(message)
+
+
+def _detail(exc: Exception, where: str) -> str:
+    """An error's message without its leading "where: ", for a close reason."""
+    text = str(exc)
+    prefix = f"{where}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _describe(where: str, hello: Hello) -> str:
+    """``where`` with what the other side's hello says it is."""
+    if hello.role == "client":
+        return f"{where} (client)"
+    if hello.address:
+        return f"{where} (says node {hello.node} at {hello.address})"
+    return f"{where} (says node {hello.node})"
+
+
+def _set_max_size(ws: Connection, size: int) -> None:
+    """Raise the largest message ``ws`` accepts, once it is authenticated."""
+    protocol = ws.protocol
+    if hasattr(protocol, "max_message_size"):
+        protocol.max_message_size = size
+    else:  # websockets before 15
+        protocol.max_size = size
 
 
 def _remote(ws: Connection) -> str:

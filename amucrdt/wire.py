@@ -17,6 +17,7 @@ MAC from being reflected back on a second connection.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from websockets.exceptions import ConnectionClosed
 
 from amucrdt.errors import AuthError, ProtocolError
 from amucrdt.frames import Frame, Heartbeat, Reset, SyncFrame
@@ -35,6 +37,14 @@ SYNC = 0x02
 
 #: Largest message before authentication; a hello is a few hundred bytes.
 MAX_HANDSHAKE_FRAME = 4096
+
+#: Seconds a closing handshake may take before the TCP connection is cut. A
+#: peer that stopped reading never completes one: without this bound a node
+#: would wait on it forever, at shutdown too.
+CLOSE_TIMEOUT = 5.0
+
+#: Longest close reason a websocket close frame carries, in bytes.
+MAX_CLOSE_REASON = 123
 
 #: Roles a connecting side may take.
 ROLES = ("peer", "client")
@@ -184,11 +194,7 @@ class Hello:
             raise ProtocolError(f"{peer}: hello has a malformed version")
         if not isinstance(schema, int):
             raise ProtocolError(f"{peer}: hello has a malformed schema version")
-        if (
-            not isinstance(nonce, str)
-            or len(nonce) != 64
-            or not _HEX.fullmatch(nonce)
-        ):
+        if not isinstance(nonce, str) or len(nonce) != 64 or not _HEX.fullmatch(nonce):
             raise ProtocolError(f"{peer}: hello has a malformed nonce")
         if not isinstance(address, str) or len(address) > 512:
             raise ProtocolError(f"{peer}: hello has a malformed address")
@@ -231,3 +237,18 @@ def check_proof(
         raise AuthError(
             f"{peer}: failed authentication (does it use this cluster's secret?)"
         )
+
+
+async def close_connection(ws: Any, code: int, reason: str) -> None:
+    """Close the websocket ``ws`` with ``code`` and ``reason`` (cut to fit).
+
+    Cuts the TCP connection when the other side does not finish the closing
+    handshake within :data:`CLOSE_TIMEOUT`. Never raises for a connection
+    that is already closed.
+    """
+    text = reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await ws.close(code, text)
+    except (TimeoutError, ConnectionClosed, OSError):
+        ws.transport.abort()
