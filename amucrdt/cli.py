@@ -32,6 +32,9 @@ EXIT_TIMEOUT = 3
 
 ADDRESS_FILE = "address"
 
+#: Characters of a value ``dump`` shows without --json; --json shows it all.
+DUMP_VALUE_CHARS = 160
+
 
 def _data_dir(args: argparse.Namespace) -> Path:
     from amucrdt.datadir import default_data_dir
@@ -81,7 +84,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     from amucrdt.datadir import DataDir
 
     path = _data_dir(args)
-    existed = (path / "secret").exists()
+    # A secret copied in before init is kept; the node id is what init adds.
+    existed = (path / "node.json").exists()
     datadir = DataDir.init(path)
     word = "already initialised" if existed else "initialised"
     print(f"data directory {path} {word}; node id {datadir.node_id}")
@@ -92,8 +96,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_node(args: argparse.Namespace) -> int:
     from amucrdt.datadir import read_secret_file
     from amucrdt.hostsfile import load_hosts, normalize_address
-    from amucrdt.node import Node, NodeOptions
+    from amucrdt.node import Node, NodeOptions, parse_listen
 
+    # Refuse a mistyped address before the data directory is touched.
+    parse_listen(args.listen)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -207,14 +213,19 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def _print_dump(result: dict[str, Any]) -> None:
+    from amucrdt.state import ROOT_MAPS
+
     doc = result["document"]
-    print(f"schema {doc.get('schema')}, heads {', '.join(h[:12] for h in result['heads'])}")
-    for part in ("hosts", "addresses", "queues", "jobs", "claims", "results", "takeovers"):
+    heads = ", ".join(h[:12] for h in result["heads"])
+    print(f"schema {doc.get('schema')}, heads {heads}")
+    for part in ROOT_MAPS:
         entries = doc.get(part, {})
         print(f"\n{part} ({len(entries)})")
         for key in sorted(entries):
             value = orjson.dumps(entries[key], option=orjson.OPT_SORT_KEYS).decode()
-            print(f"  {key}: {textwrap.shorten(value, 160)}")
+            if len(value) > DUMP_VALUE_CHARS:
+                value = value[: DUMP_VALUE_CHARS - 3] + "..."
+            print(f"  {key}: {value}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -267,7 +278,12 @@ def _print_status(result: dict[str, Any], queue: str | None) -> None:
         for name, t in sorted(result["queues"].items())
         if queue is None or name == queue
     ]  # fmt: skip
-    print(_table(totals, ["QUEUE", "TOTAL", "PENDING", "CLAIMED", "RUNNING", "DONE", "FAILED"]))
+    print(
+        _table(
+            totals,
+            ["QUEUE", "TOTAL", "PENDING", "CLAIMED", "RUNNING", "DONE", "FAILED"],
+        )
+    )
     print()
     peers = [
         [
@@ -280,7 +296,9 @@ def _print_status(result: dict[str, Any], queue: str | None) -> None:
         ]
         for p in result["peers"]
     ]
-    print(_table(peers, ["PEER", "ADDRESS", "VERSION", "STATE", "LAST HEARD", "IN SYNC"]))
+    print(
+        _table(peers, ["PEER", "ADDRESS", "VERSION", "STATE", "LAST HEARD", "IN SYNC"])
+    )
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -318,7 +336,10 @@ async def _wait(args: argparse.Namespace) -> int:
             if deadline is not None and time.monotonic() >= deadline:
                 if tty:
                     sys.stderr.write("\n")
-                print(f"amucrdt: timed out after {args.timeout:g}s; {line}", file=sys.stderr)
+                print(
+                    f"amucrdt: timed out after {args.timeout:g}s; {line}",
+                    file=sys.stderr,
+                )
                 return EXIT_TIMEOUT
             await asyncio.sleep(0.25)
 
@@ -327,7 +348,9 @@ def _wait_summary(args: argparse.Namespace, result: dict[str, Any]) -> int:
     jobs = [j for j in result["jobs"] if j["queue"] == args.queue]
     failed = [j for j in jobs if j["state"] == "failed"]
     if args.json:
-        _print_json({"queue": args.queue, "totals": result["queues"][args.queue], "jobs": jobs})
+        _print_json(
+            {"queue": args.queue, "totals": result["queues"][args.queue], "jobs": jobs}
+        )
     else:
         done = len(jobs) - len(failed)
         print(f"queue {args.queue}: {done} done, {len(failed)} failed of {len(jobs)}")
@@ -399,25 +422,94 @@ def build_parser() -> argparse.ArgumentParser:
             """
         ),
     )
-    p.add_argument("--data-dir", metavar="DIR")
-    p.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:7077")
+    p.add_argument("--data-dir", metavar="DIR", help="data directory (see init)")
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default="127.0.0.1:7077",
+        help="where to accept peers and the CLI (default: %(default)s)",
+    )
     p.add_argument("--advertise", metavar="URL", help="address peers should dial")
-    p.add_argument("--peer", metavar="ADDR", action="append", default=[])
-    p.add_argument("--hosts-file", metavar="FILE", action="append", default=[])
-    p.add_argument("--secret-file", metavar="FILE")
-    p.add_argument("--slots", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--heartbeat", type=float, default=1.0, metavar="S")
-    p.add_argument("--peer-timeout", type=float, default=5.0, metavar="S")
-    p.add_argument("--lease", type=float, default=30.0, metavar="S")
-    p.add_argument("--startup-grace", type=float, default=3.0, metavar="S")
-    p.add_argument("--tls-cert", metavar="FILE")
-    p.add_argument("--tls-key", metavar="FILE")
-    p.add_argument("--tls-ca", metavar="FILE")
-    p.add_argument("--max-frame", type=int, default=64 * 1024 * 1024, metavar="BYTES")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--peer",
+        metavar="ADDR",
+        action="append",
+        default=[],
+        help="a node to connect to; repeat for more",
+    )
+    p.add_argument(
+        "--hosts-file",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="peers, one address a line (docs/formats.md)",
+    )
+    p.add_argument(
+        "--secret-file", metavar="FILE", help="cluster secret (default: in data dir)"
+    )
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="jobs run at once (default: the number of CPUs, %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between heartbeats (default: %(default)s)",
+    )
+    p.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="silence after which a peer counts as down (default: %(default)s)",
+    )
+    p.add_argument(
+        "--lease",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how long a down node keeps its jobs before they are taken over "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--startup-grace",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="how long to wait for known peers before claiming work alone "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve wss:// with this cert")
+    p.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert")
+    p.add_argument("--tls-ca", metavar="FILE", help="CA bundle for wss:// peers")
+    p.add_argument(
+        "--max-frame",
+        type=int,
+        default=64 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest message accepted from a peer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     p.set_defaults(func=cmd_node)
 
-    push = sub.add_parser("push", help="hand a queue or a host list to a node")
+    push = sub.add_parser(
+        "push",
+        help="hand a queue or a host list to a node",
+        formatter_class=formatter,
+        epilog=textwrap.dedent(
+            """\
+            example:
+              amucrdt push queue nightly.toml
+              amucrdt push hosts amu_remotehosts.txt
+            """
+        ),
+    )
     push_sub = push.add_subparsers(dest="what", metavar="WHAT", required=True)
     p = push_sub.add_parser(
         "queue",
@@ -504,11 +596,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="run three local nodes on a real workload",
+        description=textwrap.dedent(
+            """\
+            Start three nodes on 127.0.0.1, push a queue that hashes and compresses
+            files of Python's standard library, and check that every job ran
+            exactly once and matches a sequential run.
+            """
+        ),
         formatter_class=formatter,
-        epilog="example:\n  amucrdt demo",
+        epilog="exit status: 0 every check passed, 1 a check failed, 2 an error\n"
+        "example:\n  amucrdt demo\n  amucrdt demo --jobs 50 --keep",
     )
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    p.add_argument("--jobs", type=int, default=None, help="limit the number of files")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary directory (node logs, data, outputs)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="number of files, one job each (default: 200)",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 
