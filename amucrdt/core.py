@@ -609,15 +609,17 @@ class NodeCore:
         return self.cluster.open_jobs()
 
     def _expire_leases(self, now: float) -> None:
-        """Take over attempts whose runner (or every claimant) is gone."""
+        """Take over attempts whose runner, or winning claimant, is gone.
+
+        Only the winner of a claimed attempt can start it; the losers never
+        will, so a winner that died before starting holds the job up however
+        live the losers are.
+        """
         live = set(self._live_peers(now)) | {self.node_id}
         for view in self._open_jobs():
-            if view.state == RUNNING:
-                suspects = {view.node} if view.node else set()
-            elif view.state == CLAIMED:
-                suspects = set(view.claimants)
-            else:
+            if view.state not in (RUNNING, CLAIMED):
                 continue
+            suspects = {view.node} if view.node else set()
             if not suspects or suspects & live:
                 continue
             silent = min(

@@ -7,6 +7,7 @@ from typing import Any
 from amucrdt._automerge import Document
 from amucrdt.core import Action, Config, NodeCore, Persist, StartJob
 from amucrdt.formats import JobSpec, QueueSpec
+from amucrdt.rule import winner
 from amucrdt.state import CLAIMED, DONE, PENDING, Cluster, genesis
 
 NODE_A = "a" * 32
@@ -184,3 +185,47 @@ def test_restarted_node_takes_up_its_own_claim_once_caught_up() -> None:
 
     assert starts(actions) == [("q/job0", 1)]
     assert b.cluster.job("q/job0").node == NODE_A
+
+
+def connect(a: NodeCore, b: NodeCore, now: float) -> None:
+    a.connected(b.node_id, {}, now)
+    b.connected(a.node_id, {}, now)
+
+
+def deliver(src: NodeCore, dst: NodeCore, now: float) -> list[Action]:
+    """Pass every frame due from ``src`` to ``dst``, one way only."""
+    out: list[Action] = []
+    for frame in src.poll(dst.node_id):
+        out += dst.receive(src.node_id, frame, now)
+    return out
+
+
+def test_claim_won_by_a_node_that_died_is_taken_over_after_the_lease() -> None:
+    # Both nodes claim the only job at once; B wins the rule, but dies after
+    # its claim reached A and before it could settle and start.
+    job = next(
+        f"q/job{i}"
+        for i in range(100)
+        if winner(f"q/job{i}", 1, [NODE_A, NODE_B]) == NODE_B
+    )
+    queue = QueueSpec(
+        name="q", jobs=(JobSpec(name=job.split("/")[1], cmd={"posix": "true"}),)
+    )
+    a, b = make_core(NODE_A), make_core(NODE_B)
+    a.startup(0.0)
+    b.startup(0.0)
+    connect(a, b, 0.0)
+    exchange(a, b, 0.0)
+    a.push_queue(queue, 0.1)
+    b.push_queue(queue, 0.1)
+    deliver(b, a, 0.11)
+    assert a.cluster.job(job).claimants == tuple(sorted([NODE_A, NODE_B]))
+
+    actions = a.disconnected(NODE_B, 0.2)
+    now = 0.2
+    while now < 10.0:
+        now += 0.1
+        actions += a.tick(now)
+
+    assert starts(actions) == [(job, 2)]
+    assert a.stats.takeovers == 1
