@@ -41,6 +41,7 @@ from amucrdt.core import (
 )
 from amucrdt.datadir import DataDir
 from amucrdt.errors import AmucrdtError, AuthError, ProtocolError, SchemaError
+from amucrdt.leftovers import stop_leftovers
 from amucrdt.runner import Runner, RunSpec, local_os
 from amucrdt.state import check_schema, genesis
 from amucrdt.storage import DocStore
@@ -131,6 +132,9 @@ class Node:
         self.datadir = DataDir.init(options.data_dir)
         self.datadir.lock()
         self.node_id = self.datadir.node_id
+        # Before the document marks their attempts interrupted (which lets
+        # them run again), so that no job runs twice at once.
+        stop_leftovers(self.node_id)
         self.secret = options.secret if options.secret else self.datadir.secret()
         host, port = parse_listen(options.listen)
         self.host, self.port = host, port
