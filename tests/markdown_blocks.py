@@ -104,6 +104,12 @@ def read_blocks(path: Path) -> list[Block]:
     return blocks
 
 
+def machine_home(root: Path, machine: str | None) -> Path:
+    """The home folder of a simulated machine. Dots become dashes, so an
+    address never appears in a path that a substitution could rewrite."""
+    return root / "machines" / (machine or "local").replace(".", "-")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -140,10 +146,9 @@ class BlockRunner:
     cwd: Path
     substitute: Callable[[str, str | None], str]
     background: list[_Background] = field(default_factory=list)
-    outputs: dict[int, str] = field(default_factory=dict)
 
     def home(self, machine: str | None) -> Path:
-        home = self.root / "machines" / (machine or "local")
+        home = machine_home(self.root, machine)
         home.mkdir(parents=True, exist_ok=True)
         return home
 
