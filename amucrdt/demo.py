@@ -136,11 +136,11 @@ def run_demo(keep: bool = False, jobs: int | None = None) -> int:
         print("  work   : sha256 and gzip of each file, one shell command per job")
         print(f"  folder : {work}")
         cluster = LocalCluster(work, NODES)
-        cluster.start(SETUP_TIMEOUT)
-        cluster.wait_connected(SETUP_TIMEOUT)
-        names = {DataDir.open(n.data_dir).node_id: n.name for n in cluster.nodes}
+        _start(cluster, keep)
+        names: dict[str, str] = {}  # node id -> node0, node1, ...
         for node in cluster.nodes:
             node_id = DataDir.open(node.data_dir).node_id
+            names[node_id] = node.name
             print(f"  {node.name}  : {node_id[:12]} at {node.url}")
 
         first = cluster.nodes[0]
@@ -176,6 +176,22 @@ def run_demo(keep: bool = False, jobs: int | None = None) -> int:
             print(f"kept {work} (node logs node*.log, data node*/, outputs out/)")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _start(cluster: LocalCluster, keep: bool) -> None:
+    """Start the nodes and wait until each has the others as peers.
+
+    Raises:
+        AmucrdtError: in one line, naming the node and where its log is.
+    """
+    try:
+        cluster.start(SETUP_TIMEOUT)
+        cluster.wait_connected(SETUP_TIMEOUT)
+    except (AmucrdtError, TimeoutError) as exc:
+        # The node's own message may carry its whole log; keep the first line.
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = f"logs in {cluster.root}" if keep else "rerun with --keep for the logs"
+        raise AmucrdtError(f"the demo nodes did not start: {first}; {where}") from exc
 
 
 def _wait_finished(
