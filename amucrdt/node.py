@@ -277,7 +277,9 @@ class Node:
         self.store.compact(self.core.doc.save())
         self.store.close()
         self.datadir.unlock()
-        log.info("node %s: stopped", self.node_id)
+        # The heads let an operator check that a restart loads this state.
+        heads = " ".join(h.hex() for h in self.core.doc.heads())
+        log.info("node %s: stopped; document saved with heads %s", self.node_id, heads)
 
     async def _flush_peers(self, deadline: float) -> None:
         while self.sessions and time.monotonic() < deadline:
@@ -476,7 +478,18 @@ class Node:
         except (ProtocolError, AuthError, SchemaError) as exc:
             log.warning("node %s: %s", self.node_id, exc)
         except ConnectionClosed as exc:
-            log.debug("node %s: connection to %s closed: %s", self.node_id, url, exc)
+            if exc.rcvd is not None and exc.rcvd.code == 1008:
+                # The other side refused us; its reason is worth a warning.
+                log.warning(
+                    "node %s: %s refused the connection: %s",
+                    self.node_id,
+                    url,
+                    exc.rcvd.reason,
+                )
+            else:
+                log.debug(
+                    "node %s: connection to %s closed: %s", self.node_id, url, exc
+                )
         finally:
             self._dialing.pop(url, None)
             if not self._stopping.is_set():
@@ -522,22 +535,46 @@ class Node:
         mine = Hello.new(
             self.node_id, "peer", __version__, SCHEMA_VERSION, self.address
         )
-        other_side = "listener" if side == "dialer" else "dialer"
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             await ws.send(encode_json(mine.to_json()))
             theirs = Hello.from_json(
                 decode_json(await _recv_small(ws, where), where), where
             )
-            # From here on, messages name what the other side says it is, so a
-            # refused node can be found by its address, not only by the port
-            # its connection came from.
-            if side == "listener":
+            mac = encode_json(
+                {"t": "auth", "mac": proof(self.secret, side, mine, theirs).hex()}
+            )
+            if side == "dialer":
+                await ws.send(mac)
+                # The listener may follow its auth with large frames at once,
+                # read before this coroutine runs again: accept them from now.
+                # Only the listener at an address this node dials could send
+                # them before proving the secret.
+                _set_max_size(ws, self.options.max_frame)
+                auth = decode_json(await _recv_small(ws, where), where)
+                check_proof(self.secret, "listener", auth, theirs, mine, where)
+                self._check_schema(theirs, where)
+            else:
+                # From here on, messages name what the other side says it is,
+                # so a refused node is found by its address, not only by the
+                # port its connection came from.
                 where = _describe(where, theirs)
                 described.append(where)
-            mac = proof(self.secret, side, mine, theirs)
-            await ws.send(encode_json({"t": "auth", "mac": mac.hex()}))
-            auth = decode_json(await _recv_small(ws, where), where)
-            check_proof(self.secret, other_side, auth, theirs, mine, where)
+                # The listener proves nothing to a stranger: it checks the
+                # dialer's MAC first, and only then accepts large frames and
+                # sends its own.
+                auth = decode_json(await _recv_small(ws, where), where)
+                check_proof(self.secret, "dialer", auth, theirs, mine, where)
+                self._check_schema(theirs, where)
+                _set_max_size(ws, self.options.max_frame)
+                await ws.send(mac)
+        return theirs
+
+    def _check_schema(self, theirs: Hello, where: str) -> None:
+        """Refuse an authenticated peer that reads another document schema.
+
+        Raises:
+            SchemaError: naming both versions.
+        """
         if theirs.role == "peer" and theirs.schema != SCHEMA_VERSION:
             # Authenticated: the version it claims is the cluster's word.
             self.core.note_version(theirs.version)
@@ -545,8 +582,6 @@ class Node:
                 f"{where}: peer {theirs.node} uses document schema {theirs.schema}; "
                 f"this node reads schema {SCHEMA_VERSION}"
             )
-        _set_max_size(ws, self.options.max_frame)
-        return theirs
 
     async def _peer_session(
         self, ws: Connection, theirs: Hello, dialer: str, where: str

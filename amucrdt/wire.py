@@ -8,11 +8,16 @@ Every websocket message is binary. Its first byte says what follows:
   the message bytes.
 
 The handshake is mutual and happens before anything about the document is
-sent. Each side sends a hello with a fresh 32-byte nonce, then an HMAC-SHA256
-under the cluster secret over a label for its side of the connection, its
-node id, its nonce and the other side's nonce. Each checks the other's MAC in
-constant time. Fresh nonces both ways stop replays; the side label stops a
-MAC from being reflected back on a second connection.
+sent. Each side sends a hello with a fresh 32-byte nonce. Then each sends an
+HMAC-SHA256 under the cluster secret over a label for its side of the
+connection, its role, its node id, its nonce, the other side's nonce and node
+id: the dialer first; the listener only after it has checked the dialer's, so
+it never hands a MAC to a stranger. Each checks the other's MAC in constant
+time. Fresh nonces both ways stop replays; the side label stops a MAC from
+being reflected back on a second connection.
+
+Until the dialer's MAC checks out, the listener accepts messages of at most
+:data:`MAX_HANDSHAKE_FRAME` bytes, so a stranger cannot make it buffer more.
 """
 
 from __future__ import annotations
