@@ -148,6 +148,9 @@ class Node:
         self._backoff: dict[str, tuple[float, float]] = {}  # url -> (delay, next)
         self._self_urls: set[str] = {self.address}
         self._url_peer: dict[str, str] = {}
+        # Addresses whose last dial failed to connect; the first failure is
+        # logged as a warning, the rest quietly.
+        self._unreachable: set[str] = set()
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         self._stopped_jobs: set[str] = set()
@@ -228,6 +231,15 @@ class Node:
             raise AmucrdtError(
                 f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
             ) from None
+        if self.options.advertise is None and self.host in ("0.0.0.0", "::"):
+            log.warning(
+                "node %s: listening on %s without --advertise: peers learn the "
+                "address %s, which they cannot dial; give --advertise "
+                "ws://IP:PORT with this machine's address",
+                self.node_id,
+                self.options.listen,
+                self.address,
+            )
         log.info(
             "node %s listening on %s (data %s, %d slots)",
             self.node_id,
@@ -466,6 +478,7 @@ class Node:
                 ping_interval=None,
                 proxy=None,
             ) as ws:
+                self._unreachable.discard(url)
                 theirs = await self._handshake(ws, "dialer", url)
                 self._url_peer[url] = theirs.node
                 if theirs.node == self.node_id:
@@ -474,7 +487,17 @@ class Node:
                 self._backoff.pop(url, None)
                 await self._peer_session(ws, theirs, dialer=self.node_id, where=url)
         except (TimeoutError, OSError, InvalidHandshake, InvalidURI) as exc:
-            log.debug("node %s: cannot reach %s: %s", self.node_id, url, exc)
+            # Once per address until it answers again: a node that is gone
+            # for good would otherwise fill the log, once per backoff.
+            level = logging.DEBUG if url in self._unreachable else logging.WARNING
+            self._unreachable.add(url)
+            log.log(
+                level,
+                "node %s: cannot reach %s: %s (retrying with backoff)",
+                self.node_id,
+                url,
+                _reason(exc),
+            )
         except (ProtocolError, AuthError, SchemaError) as exc:
             log.warning("node %s: %s", self.node_id, exc)
         except ConnectionClosed as exc:
@@ -688,6 +711,12 @@ def _set_max_size(ws: Connection, size: int) -> None:
         protocol.max_message_size = size
     else:  # websockets before 15
         protocol.max_size = size
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def _remote(ws: Connection) -> str:

@@ -216,3 +216,27 @@ def test_second_node_on_a_data_directory_in_use_refuses_to_start(
     assert f"in use by another node (pid {node.process.pid})" in result.stderr  # type: ignore[union-attr]
     # The running node is untouched.
     assert node.status()["node"]["id"] == node.node_id
+
+
+def test_unreachable_peer_is_named_in_one_warning(
+    tmp_path: Path, cluster_factory: list[LocalCluster]
+) -> None:
+    cluster = LocalCluster(tmp_path, 1, extra=FAST)
+    cluster_factory.append(cluster)
+    nobody = f"ws://127.0.0.1:{free_port()}"
+    cluster.nodes[0].args += ["--peer", nobody]
+    cluster.start()
+    node = cluster.nodes[0]
+
+    def warned() -> list[str]:
+        return [
+            line
+            for line in node.read_log().splitlines()
+            if f"cannot reach {nobody}" in line
+        ]
+
+    lines = wait_for(warned, 60, "a warning naming the unreachable peer")
+    assert "WARNING" in lines[0]
+    # The node itself is fine, and keeps retrying quietly.
+    assert node.status()["peers"] == []
+    assert len(warned()) == 1
