@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use automerge::sync::{Message, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
-    hydrate, ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, PatchAction, Prop, ReadDoc,
-    Value, ROOT,
+    ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, PatchAction, Prop, ReadDoc, Value,
+    ROOT,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -25,7 +25,7 @@ use crate::path::{
     check_prop, describe, obj_kind, path_from_py, resolve, resolve_existing, split_last,
 };
 use crate::sync_state::SyncState;
-use crate::value::{entries_from_py, hydrated_to_py, input_from_py, Input};
+use crate::value::{entries_from_py, input_from_py, Input, Output};
 
 /// An Automerge document (the crate's `AutoCommit`).
 #[pyclass(module = "amucrdt._automerge", frozen)]
@@ -77,10 +77,10 @@ fn automerge_err(error: automerge::AutomergeError) -> String {
     error.to_string()
 }
 
-/// The value at `path`, hydrated; None when absent.
-fn read_value(doc: &AutoCommit, path: &[Prop]) -> OpResult<Option<hydrate::Value>> {
+/// The value at `path`, copied out; None when absent.
+fn read_value(doc: &AutoCommit, path: &[Prop]) -> OpResult<Option<Output>> {
     let Some((parent, last)) = path.split_last().map(|(l, p)| (p, l)) else {
-        return doc.hydrate(&ROOT, None).map(Some).map_err(automerge_err);
+        return read_object(doc, &ROOT).map(Some);
     };
     let Some((obj, obj_type)) = resolve(doc, parent)? else {
         return Ok(None);
@@ -92,11 +92,17 @@ fn read_value(doc: &AutoCommit, path: &[Prop]) -> OpResult<Option<hydrate::Value
     }
 }
 
-fn hydrate_one(doc: &AutoCommit, value: Value<'_>, id: &ObjId) -> OpResult<hydrate::Value> {
+fn hydrate_one(doc: &AutoCommit, value: Value<'_>, id: &ObjId) -> OpResult<Output> {
     match value {
-        Value::Scalar(scalar) => Ok(hydrate::Value::Scalar(scalar.into_owned())),
-        Value::Object(_) => doc.hydrate(id, None).map_err(automerge_err),
+        Value::Scalar(scalar) => Ok(Output::Scalar(scalar.into_owned())),
+        Value::Object(_) => read_object(doc, id),
     }
+}
+
+/// The object `obj` with everything below it, copied out.
+fn read_object(doc: &AutoCommit, obj: &ObjId) -> OpResult<Output> {
+    let hydrated = doc.hydrate(obj, None).map_err(automerge_err)?;
+    Ok(Output::from_hydrated(&hydrated))
 }
 
 /// The parent object of `path` and its type; an error when it does not exist.
@@ -376,7 +382,7 @@ impl Document {
         let path = arg("get", path_from_py(path))?;
         let value = self.run(py, "get", false, move |doc| read_value(doc, &path))?;
         match value {
-            Some(value) => hydrated_to_py(py, &value),
+            Some(value) => value.to_py(py),
             None => Ok(py.None().into_bound(py)),
         }
     }
@@ -401,7 +407,7 @@ impl Document {
         })?;
         let items = values
             .iter()
-            .map(|v| hydrated_to_py(py, v))
+            .map(|v| v.to_py(py))
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, items)
     }
@@ -418,9 +424,9 @@ impl Document {
         };
         let value = self.run(py, "materialize", true, move |doc| {
             let (obj, _) = resolve_existing(doc, &path)?;
-            doc.hydrate(&obj, None).map_err(automerge_err)
+            read_object(doc, &obj)
         })?;
-        hydrated_to_py(py, &value)
+        value.to_py(py)
     }
 
     #[pyo3(signature = (path=None))]

@@ -2,9 +2,10 @@
 //! out.
 //!
 //! Conversion happens while the document is unlocked: Python values are first
-//! copied into an [`Input`] tree, and reads produce an owned
-//! [`hydrate::Value`] that is turned into Python objects afterwards. No Python
-//! code can therefore run while a document lock is held.
+//! copied into an [`Input`] tree, and reads produce an owned [`Output`] tree
+//! that is turned into Python objects afterwards. No Python code therefore
+//! runs while a document lock is held, and no crate code runs outside the
+//! guarded region.
 
 use automerge::{hydrate, Prop, ScalarValue};
 use pyo3::prelude::*;
@@ -186,29 +187,61 @@ pub fn scalar_to_py<'py>(py: Python<'py>, scalar: &ScalarValue) -> PyResult<Boun
     })
 }
 
-/// A hydrated value as nested Python dicts, lists and scalars.
-///
-/// Map keys are inserted in sorted order, so the same document always
-/// produces dicts that iterate the same way. Text objects become str.
-pub fn hydrated_to_py<'py>(py: Python<'py>, value: &hydrate::Value) -> PyResult<Bound<'py, PyAny>> {
-    match value {
-        hydrate::Value::Scalar(scalar) => scalar_to_py(py, scalar),
-        hydrate::Value::Map(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            let dict = PyDict::new(py);
-            for (key, entry) in entries {
-                dict.set_item(PyString::new(py, key), hydrated_to_py(py, &entry.value)?)?;
+/// A value read from a document, owned and detached from the crate's types,
+/// so that turning it into Python objects runs no crate code.
+#[derive(Debug)]
+pub enum Output {
+    /// A scalar as stored.
+    Scalar(ScalarValue),
+    /// A text object's content.
+    Text(String),
+    /// A map's entries, sorted by key so dicts always iterate the same way.
+    Map(Vec<(String, Output)>),
+    /// A list's items in order.
+    List(Vec<Output>),
+}
+
+impl Output {
+    /// Copy a hydrated value; runs inside the guarded region.
+    pub fn from_hydrated(value: &hydrate::Value) -> Output {
+        match value {
+            hydrate::Value::Scalar(scalar) => Output::Scalar(scalar.clone()),
+            hydrate::Value::Map(map) => {
+                let mut entries: Vec<(String, Output)> = map
+                    .iter()
+                    .map(|(key, entry)| (key.clone(), Output::from_hydrated(&entry.value)))
+                    .collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                Output::Map(entries)
             }
-            Ok(dict.into_any())
+            hydrate::Value::List(list) => Output::List(
+                list.iter()
+                    .map(|entry| Output::from_hydrated(&entry.value))
+                    .collect(),
+            ),
+            hydrate::Value::Text(text) => Output::Text(text.to_string()),
         }
-        hydrate::Value::List(list) => {
-            let items = list
-                .iter()
-                .map(|entry| hydrated_to_py(py, &entry.value))
-                .collect::<PyResult<Vec<_>>>()?;
-            Ok(PyList::new(py, items)?.into_any())
+    }
+
+    /// The value as nested Python dicts, lists and scalars.
+    pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            Output::Scalar(scalar) => scalar_to_py(py, scalar),
+            Output::Text(text) => Ok(PyString::new(py, text).into_any()),
+            Output::Map(entries) => {
+                let dict = PyDict::new(py);
+                for (key, value) in entries {
+                    dict.set_item(PyString::new(py, key), value.to_py(py)?)?;
+                }
+                Ok(dict.into_any())
+            }
+            Output::List(items) => {
+                let items = items
+                    .iter()
+                    .map(|item| item.to_py(py))
+                    .collect::<PyResult<Vec<_>>>()?;
+                Ok(PyList::new(py, items)?.into_any())
+            }
         }
-        hydrate::Value::Text(text) => Ok(PyString::new(py, &text.to_string()).into_any()),
     }
 }
