@@ -158,6 +158,8 @@ class Node:
         # Fire-and-forget work (closing a link, waking waiters), kept here so
         # that no task is collected before it ends.
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set when the timer or the dialer died of an unexpected error.
+        self._crashed: str | None = None
         self.core = self._load_core()
         # Waiters for the next change of the core's heads (wait, status --watch).
         self.changed = asyncio.Condition()
@@ -250,10 +252,35 @@ class Node:
         self._do(self.core.startup(time.time()))
         if ready is not None:
             await ready(self)
-        ticker = asyncio.create_task(self._ticker())
-        dialer = asyncio.create_task(self._dialer())
+        ticker = asyncio.create_task(self._ticker(), name="timer")
+        dialer = asyncio.create_task(self._dialer(), name="dialer")
+        for task in (ticker, dialer):
+            task.add_done_callback(self._loop_ended)
         await self._stopping.wait()
         await self._shutdown(ticker, dialer)
+        if self._crashed is not None:
+            raise AmucrdtError(
+                f"node {self.node_id} stopped after an internal error in its "
+                f"{self._crashed}; see the log above"
+            )
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """Stop the node when its timer or dialer dies of a bug.
+
+        Without its timer a node sends no heartbeats and takes over no lease,
+        while still answering requests: better to stop, say why, and let the
+        service manager restart it.
+        """
+        if task.cancelled() or task.exception() is None:
+            return
+        log.critical(
+            "node %s: %s failed; stopping",
+            self.node_id,
+            task.get_name(),
+            exc_info=task.exception(),
+        )
+        self._crashed = f"{task.get_name()}: {task.exception()!r}"
+        self.stop()
 
     def stop(self) -> None:
         """Ask the node to shut down (signal handlers call this)."""
@@ -264,9 +291,8 @@ class Node:
     async def _shutdown(self, *tasks: asyncio.Task[None]) -> None:
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A task that failed was reported by _loop_ended already.
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._stopped_jobs = set(self._jobs)
         self._do(self.core.stop(time.time()))
         if self._jobs:
@@ -675,6 +701,14 @@ class Node:
                     await session.ws.send(encode_frame(frame))
         except ConnectionClosed:
             pass
+        except Exception:
+            # A bug here must not leave the link up with no sender: the peer
+            # would wait on it until it timed out.
+            log.exception(
+                "node %s: sending to peer %s failed", self.node_id, session.peer_id
+            )
+            session.closing = True
+            await close_connection(session.ws, 1011, "internal error")
 
 
 async def _recv_small(ws: Connection, where: str) -> bytes:
