@@ -407,8 +407,16 @@ def test_status_json_has_the_stable_keys(node: LocalNode, tmp_path: Path) -> Non
         "started", "ended", "duration", "error",
     }  # fmt: skip
     assert (row["job"], row["state"], row["exit_code"]) == ("keys/k", "done", 0)
+    # The columns of `status` and the extra keys docs/operations.md lists.
     peer = status["peers"][0]
-    assert {"node", "address", "version", "up", "last_heard", "in_sync"} <= set(peer)
+    assert {
+        "node", "address", "version", "up", "last_heard", "in_sync",
+        "connected", "hostname", "os", "running",
+    } <= set(peer)  # fmt: skip
+    assert {
+        "claims", "won", "lost", "withdrawn", "takeovers", "started", "finished",
+        "resets", "rebuilds", "settle_p50", "settle_p99", "settle_max",
+    } <= set(status["stats"])  # fmt: skip
 
 
 def test_dump_json_is_the_merged_document(node: LocalNode, tmp_path: Path) -> None:
