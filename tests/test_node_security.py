@@ -280,8 +280,12 @@ def test_hostile_input_closes_only_that_connection(
     assert code == expect[0], reason
     assert expect[1] in reason
     # The node goes on: it answers, still has its peer, and runs new work.
-    peers = node.status()["peers"]
-    assert [p["node"] for p in peers if p["up"]] == [guarded.nodes[1].node_id]
+    peer_id = guarded.nodes[1].node_id
+    wait_for(
+        lambda: [p["node"] for p in node.status()["peers"] if p["up"]] == [peer_id],
+        60,
+        "the node's one real peer to be up",
+    )
     assert_still_serving(guarded, node, f"after-{attack.__name__.replace('_', '-')}")
 
 
