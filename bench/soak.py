@@ -4,11 +4,16 @@
 queue every second (``--rate`` jobs, to each node in turn) for ``--seconds``,
 and every ``--sample`` seconds records each node's resident memory (VmRSS),
 the size of its document store (snapshot plus log) and how many jobs have run.
-At the end it waits for the backlog to drain and prints the slopes:
+Then it waits for the backlog to drain, samples for ``--idle`` seconds more
+with no jobs, and prints the slopes:
 
-- RSS per node, in KiB per minute: steady state should be near zero, a leak
-  shows as a slope that does not flatten;
-- store bytes per job run: what history costs;
+- RSS per node, in KiB per minute while jobs stream, and in bytes per job
+  run: the document and the node's index keep every job's history, so
+  memory grows with jobs run;
+- RSS per minute while idle: memory that grows with no jobs grows with time
+  alone (heartbeats, connections), which is what a leak looks like;
+- store bytes per job run (the log, before compaction): what history costs
+  on disk between compactions;
 - backlog (jobs pushed but not yet run) per minute: positive when the cluster
   runs fewer jobs than are pushed.
 
@@ -47,6 +52,29 @@ from benchlib import (
 from amucrdt.testing import LocalCluster
 
 
+def _sample(
+    cluster: LocalCluster, began: float, pushed: int, record_path: Path
+) -> dict[str, Any]:
+    pids = [node.process.pid for node in cluster.nodes if node.process is not None]
+    return {
+        "t": round(time.monotonic() - began, 3),
+        "pushed": pushed,
+        "ran": count_lines(record_path),
+        "rss_bytes": [proc_status_bytes(pid, "VmRSS") for pid in pids],
+        "store_bytes": [
+            sum(store_bytes(node.data_dir).values()) for node in cluster.nodes
+        ],
+    }
+
+
+def _say(progress: Progress, sample: dict[str, Any], what: str) -> None:
+    rss = [(r or 0) // 1048576 for r in sample["rss_bytes"]]
+    progress.say(
+        f"{what} t={sample['t']:5.0f}s pushed {sample['pushed']} "
+        f"ran {sample['ran']} rss {rss} MiB"
+    )
+
+
 async def _stream(
     cluster: LocalCluster,
     args: argparse.Namespace,
@@ -55,7 +83,6 @@ async def _stream(
 ) -> tuple[list[dict[str, Any]], set[str]]:
     samples: list[dict[str, Any]] = []
     names: set[str] = set()
-    pids = [node.process.pid for node in cluster.nodes if node.process is not None]
     began = time.monotonic()
     next_push = next_sample = began
     batch = 0
@@ -73,23 +100,8 @@ async def _stream(
                 batch += 1
                 next_push += 1.0
             if now >= next_sample or not streaming:
-                ran = count_lines(record_path)
-                samples.append(
-                    {
-                        "t": round(now - began, 3),
-                        "pushed": len(names),
-                        "ran": ran,
-                        "rss_bytes": [proc_status_bytes(p, "VmRSS") for p in pids],
-                        "store_bytes": [
-                            sum(store_bytes(node.data_dir).values())
-                            for node in cluster.nodes
-                        ],
-                    }
-                )
-                progress.say(
-                    f"t={now - began:5.0f}s pushed {len(names)} ran {ran} "
-                    f"rss {[r // 1048576 for r in samples[-1]['rss_bytes']]} MiB"
-                )
+                samples.append(_sample(cluster, began, len(names), record_path))
+                _say(progress, samples[-1], "streaming")
                 next_sample += args.sample
             if not streaming:
                 return samples, names
@@ -110,10 +122,37 @@ def _drain(
     return time.monotonic() - began
 
 
-def _slopes(samples: list[dict[str, Any]], nodes: int) -> dict[str, Any]:
+def _idle(
+    cluster: LocalCluster,
+    args: argparse.Namespace,
+    pushed: int,
+    record_path: Path,
+    progress: Progress,
+) -> list[dict[str, Any]]:
+    """Samples while no job is pushed: memory that grows now grows with time."""
+    began = time.monotonic()
+    samples = []
+    while True:
+        samples.append(_sample(cluster, began, pushed, record_path))
+        _say(progress, samples[-1], "idle")
+        if time.monotonic() - began >= args.idle:
+            return samples
+        time.sleep(min(args.sample, max(0.0, args.idle - samples[-1]["t"])))
+
+
+def _slopes(
+    samples: list[dict[str, Any]], idle: list[dict[str, Any]], nodes: int
+) -> dict[str, Any]:
     ts = [s["t"] / 60 for s in samples]
     rss = [slope(ts, [s["rss_bytes"][i] / 1024 for s in samples]) for i in range(nodes)]
     ran = [float(s["ran"]) for s in samples]
+    rss_per_job = [
+        slope(ran, [float(s["rss_bytes"][i]) for s in samples]) for i in range(nodes)
+    ]
+    idle_ts = [s["t"] / 60 for s in idle]
+    idle_rss = [
+        slope(idle_ts, [s["rss_bytes"][i] / 1024 for s in idle]) for i in range(nodes)
+    ]
     store = [
         slope(ran, [float(s["store_bytes"][i]) for s in samples]) for i in range(nodes)
     ]
@@ -131,6 +170,8 @@ def _slopes(samples: list[dict[str, Any]], nodes: int) -> dict[str, Any]:
     return {
         "rss_kib_per_min": rounded(rss),
         "rss_kib_per_min_second_half": rounded(late_rss),
+        "rss_bytes_per_job": rounded(rss_per_job),
+        "idle_rss_kib_per_min": rounded(idle_rss),
         "store_bytes_per_job": rounded(store),
         "backlog_jobs_per_min": None if backlog is None else round(backlog, 1),
     }
@@ -146,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=5, help="jobs pushed per second")
     parser.add_argument("--sample", type=float, default=5.0, metavar="S")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds of sampling with no jobs after the stream",
+    )
     parser.add_argument("--drain-timeout", type=float, default=600.0, metavar="S")
     parser.add_argument("--out", type=Path, metavar="FILE")
     parser.add_argument("--quiet", action="store_true")
@@ -162,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.wait_connected()
         samples, names = asyncio.run(_stream(cluster, args, record_path, progress))
         drained = _drain(record_path, names, args.drain_timeout, progress)
+        idle = _idle(cluster, args, len(names), record_path, progress)
         peak = [
             proc_status_bytes(node.process.pid, "VmHWM")
             for node in cluster.nodes
@@ -182,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     compacted = [store_bytes(node.data_dir)["doc.snapshot"] for node in cluster.nodes]
     shutil.rmtree(root, ignore_errors=True)
 
-    slopes = _slopes(samples, args.nodes)
+    slopes = _slopes(samples, idle, args.nodes)
     report = {
         "benchmark": "soak",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -197,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "doc_bytes_after_compaction": compacted,
         "slopes": slopes,
         "samples": samples,
+        "idle_samples": idle,
     }
     write_json(out, report)
     rows = [
@@ -204,17 +254,15 @@ def main(argv: list[str] | None = None) -> int:
             f"node{i}",
             str(slopes["rss_kib_per_min"][i]),
             str(slopes["rss_kib_per_min_second_half"][i]),
+            str(slopes["rss_bytes_per_job"][i]),
+            str(slopes["idle_rss_kib_per_min"][i]),
             str(slopes["store_bytes_per_job"][i]),
             f"{(peak[i] or 0) / 1048576:.1f}",
         ]
         for i in range(args.nodes)
     ]
-    print(
-        table(
-            rows,
-            ["node", "RSS KiB/min", "2nd half", "store B/job", "peak RSS MiB"],
-        )
-    )
+    header = ["node", "RSS KiB/min", "2nd half", "RSS B/job", "idle KiB/min"]
+    print(table(rows, [*header, "store B/job", "peak RSS MiB"]))
     print(
         f"{len(names)} jobs in {args.seconds:.0f}s; backlog grows "
         f"{slopes['backlog_jobs_per_min']} jobs/min; drained in {drained:.1f}s"

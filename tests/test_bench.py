@@ -185,7 +185,7 @@ def test_soak_reports_slopes_and_loses_no_job(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     report = run_bench(
         "soak.py",
-        *("--seconds", "6", "--rate", "3", "--sample", "1"),
+        *("--seconds", "6", "--rate", "3", "--sample", "1", "--idle", "2"),
         *("--out", str(out)),
     )
     assert report["duplicates"] == 0
@@ -196,6 +196,13 @@ def test_soak_reports_slopes_and_loses_no_job(tmp_path: Path) -> None:
     assert len(report["samples"]) >= 2
     assert_values(
         report["slopes"],
-        ["rss_kib_per_min", "store_bytes_per_job", "backlog_jobs_per_min"],
+        [
+            "rss_kib_per_min",
+            "rss_bytes_per_job",
+            "idle_rss_kib_per_min",
+            "store_bytes_per_job",
+            "backlog_jobs_per_min",
+        ],
     )
-    assert all(v is not None for v in report["slopes"]["rss_kib_per_min"])
+    for name in ("rss_kib_per_min", "idle_rss_kib_per_min", "store_bytes_per_job"):
+        assert all(v is not None for v in report["slopes"][name]), name
