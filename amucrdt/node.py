@@ -678,6 +678,18 @@ class Node:
             )
             session.closing = True
             await close_connection(ws, 1011, "internal error")
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == 1009:
+                # Nodes with different --max-frame would otherwise redial and
+                # fail on the same message forever without a word.
+                log.warning(
+                    "node %s: closed peer %s (%s): %s; every node needs a "
+                    "--max-frame larger than its largest queue",
+                    self.node_id,
+                    peer_id,
+                    where,
+                    exc.sent.reason or "message too big",
+                )
         finally:
             if self.sessions.get(peer_id) is session:
                 self._drop(session)

@@ -287,6 +287,8 @@ def test_hostile_input_closes_only_that_connection(
         "the node's one real peer to be up",
     )
     assert_still_serving(guarded, node, f"after-{attack.__name__.replace('_', '-')}")
+    if attack is oversized_after_auth:
+        assert "every node needs a --max-frame larger than" in node.read_log()
 
 
 def test_node_with_wrong_secret_is_refused_and_never_sees_queues(
