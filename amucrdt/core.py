@@ -395,7 +395,8 @@ class NodeCore:
         ``outcome`` holds at least "ok" (bool) and may hold exit_code, signal,
         timed_out, started, ended, tail, error and log.
         """
-        self.running.pop(job_id, None)
+        if self.running.get(job_id) == attempt:
+            del self.running[job_id]
         self.stats.finished += 1
         view = self._view(job_id)
         late = view is not None and (
@@ -558,6 +559,11 @@ class NodeCore:
             if view.state != PENDING:
                 continue
             if (view.job_id, view.attempt) in self.pending:
+                continue
+            if view.job_id in self.running:
+                # An attempt of it still runs here (the next one opened after a
+                # takeover this node had not heard of): running it again here
+                # would be a second copy on the same machine.
                 continue
             spec = self.cluster.spec(view.job_id)
             if spec is None or self.config.os_name not in spec.cmd:

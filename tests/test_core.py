@@ -229,3 +229,33 @@ def test_claim_won_by_a_node_that_died_is_taken_over_after_the_lease() -> None:
 
     assert starts(actions) == [(job, 2)]
     assert a.stats.takeovers == 1
+
+
+def test_node_does_not_claim_a_new_attempt_of_a_job_it_still_runs() -> None:
+    a = make_core(slots=2)
+    a.startup(0.0)
+    _new, actions = a.push_queue(make_queue("q", 1), 0.1)
+    assert starts(actions) == [("q/job0", 1)]
+    # A peer, cut off from this node for longer than the lease, took the
+    # attempt over; the record reaches this node while the job still runs.
+    a.cluster.put_takeover("q/job0", 1, NODE_B, NODE_A, 5.0, "lease expired")
+
+    actions = a.tick(5.1)
+
+    assert starts(actions) == []
+    assert a.running == {"q/job0": 1}
+    assert a.pending == {}
+
+
+def test_late_end_of_an_old_attempt_keeps_the_newer_attempt_running() -> None:
+    a = make_core(slots=2)
+    a.startup(0.0)
+    a.push_queue(make_queue("q", 1), 0.1)
+    a.cluster.put_takeover("q/job0", 1, NODE_B, NODE_A, 5.0, "lease expired")
+    a.tick(5.1)
+
+    actions = a.finished("q/job0", 1, ok(6.0), 6.0)
+
+    assert a.running == {}
+    assert a.cluster.job("q/job0").state == DONE
+    assert starts(actions) == []
