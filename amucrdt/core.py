@@ -299,7 +299,7 @@ class NodeCore:
             self.doc.receive_sync_message(link.sync, frame.data)
         except AutomergeError as exc:
             if self.doc.poisoned:
-                return self._rebuild(now, f"receive_sync_message: {exc}")
+                return self._rebuild(now, str(exc))
             return [Close(peer_id, f"bad sync message: {exc}")]
         link.last_sync = now
         link.dirty = True
@@ -405,10 +405,9 @@ class NodeCore:
         record = {k: v for k, v in outcome.items() if k != "ok"}
         interrupted = bool(outcome.get("interrupted"))
         record.pop("interrupted", None)
+        state = DONE if outcome.get("ok") else FAILED
         if interrupted:
             state = "interrupted"
-        else:
-            state = DONE if outcome.get("ok") else FAILED
         record.update(state=state, node=self.node_id, late=late)
         self.cluster.put_result(job_id, attempt, self.node_id, record)
         log.info(

@@ -492,10 +492,10 @@ def derive(job: str, record: Mapping[str, Any], entry: _JobIndex) -> JobView:
         if interrupted or entry.takeovers.get(attempt):
             lost += 1
             if lost >= MAX_LOST_ATTEMPTS:
-                node_id = min(interrupted) if interrupted else None
+                last = min(interrupted) if interrupted else None
                 return JobView(
-                    job, queue, name, FAILED, attempt, node_id, tuple(claims),
-                    results.get(node_id) if node_id else None, failures, lost,
+                    job, queue, name, FAILED, attempt, last, tuple(claims),
+                    results.get(last) if last else None, failures, lost,
                 )  # fmt: skip
             attempt += 1
             continue
