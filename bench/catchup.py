@@ -45,6 +45,7 @@ from benchlib import (
 )
 
 from amucrdt.client import Client
+from amucrdt.errors import AmucrdtError
 from amucrdt.formats import JobSpec, QueueSpec
 from amucrdt.state import DONE, RUNNING, Cluster, genesis, job_id
 from amucrdt.storage import DocStore
@@ -55,6 +56,10 @@ BUILDER_NODE = "b0" * 16
 BUILDER_ACTOR = bytes([0xB0]) * 16
 
 QUEUE = "history"
+
+#: Seconds one status poll of the fresh node may take before it counts as
+#: unanswered and is sent again.
+POLL_TIMEOUT = 30.0
 
 
 def build_direct(data_dir: Path, jobs: int, progress: Progress) -> dict[str, Any]:
@@ -171,9 +176,17 @@ def _join(
     answered = time.time()
     deadline = time.monotonic() + timeout
     connected_at = None
-    polls = 0
+    polls = unanswered = 0
     while True:
-        status, sent = asyncio.run(_status(fresh, timeout))
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fresh node not in sync after {timeout:.0f}s")
+        try:
+            status, sent = asyncio.run(_status(fresh, POLL_TIMEOUT))
+        except (AmucrdtError, TimeoutError, OSError):
+            # A node applying a large sync message answers nothing meanwhile.
+            unanswered += 1
+            progress.update(f"fresh node busy ({unanswered} polls unanswered)")
+            continue
         polls += 1
         got = time.time()
         if connected_at is None and any(p["up"] for p in status["peers"]):
@@ -184,8 +197,6 @@ def _join(
             theirs, _ = asyncio.run(_status(old, timeout))
             if theirs["node"]["heads"] == status["node"]["heads"]:
                 break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"fresh node not in sync after {timeout:.0f}s")
         time.sleep(0.05)
     in_sync_s = got - started
     progress.say(f"fresh node in sync {in_sync_s:.2f}s after it started")
@@ -198,6 +209,7 @@ def _join(
         "process_start_to_in_sync_s": round(in_sync_s, 3),
         "poll_resolution_s": round(got - sent, 3),
         "status_polls": polls,
+        "status_polls_unanswered": unanswered,
         "peak_rss_bytes": {
             "node0": proc_status_bytes(_pid(old), "VmHWM"),
             "fresh": proc_status_bytes(_pid(fresh), "VmHWM"),
@@ -252,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_once(
                 jobs, args.build, args.slots, args.seed, args.timeout, progress
             )
-        except (TimeoutError, OSError) as exc:
+        except (AmucrdtError, TimeoutError, OSError) as exc:
             progress.say(f"{jobs} jobs: failed: {exc}")
             report["runs"].append({"jobs": jobs, "error": str(exc)})
             status = 2
