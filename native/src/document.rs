@@ -232,6 +232,7 @@ fn prop_to_py<'py>(py: Python<'py>, prop: &Prop) -> PyResult<Bound<'py, PyAny>> 
 
 #[pymethods]
 impl Document {
+    /// A new empty document; a random actor id unless one is given.
     #[new]
     #[pyo3(signature = (actor=None))]
     fn new(actor: Option<&[u8]>) -> PyResult<Self> {
@@ -245,6 +246,7 @@ impl Document {
         Ok(Self::from_doc(doc))
     }
 
+    /// Load a document saved by `save()` (or concatenated saves and changes).
     #[staticmethod]
     #[pyo3(signature = (data, actor=None))]
     fn load(py: Python<'_>, data: &[u8], actor: Option<&[u8]>) -> PyResult<Self> {
@@ -264,16 +266,19 @@ impl Document {
         Ok(Self::from_doc(doc))
     }
 
+    /// True once a panic was caught inside this document.
     #[getter]
     fn poisoned(&self) -> bool {
         self.poisoned.load(Ordering::SeqCst)
     }
 
+    /// The whole document, compressed, in Automerge's binary format.
     fn save<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let data = self.run(py, "save", true, |doc| Ok(doc.save()))?;
         Ok(PyBytes::new(py, &data))
     }
 
+    /// The changes made since `heads` (incremental save), b"" if none.
     fn save_after<'py>(
         &self,
         py: Python<'py>,
@@ -289,6 +294,7 @@ impl Document {
         Ok(PyBytes::new(py, &data))
     }
 
+    /// Apply bytes from `save_after` or `save`; returns the ops applied.
     fn load_incremental(&self, py: Python<'_>, data: &[u8]) -> PyResult<usize> {
         self.run(py, "load_incremental", true, |doc| {
             doc.load_incremental(data)
@@ -296,6 +302,7 @@ impl Document {
         })
     }
 
+    /// An independent copy; a fresh random actor unless one is given.
     #[pyo3(signature = (actor=None))]
     fn fork(&self, py: Python<'_>, actor: Option<&[u8]>) -> PyResult<Self> {
         let forked = self.run(py, "fork", true, |doc| {
@@ -308,6 +315,8 @@ impl Document {
         Ok(Self::from_doc(forked))
     }
 
+    /// Merge every change of `other` into this document; returns the
+    /// hashes of the changes that were new here.
     fn merge<'py>(
         &self,
         py: Python<'py>,
@@ -341,12 +350,14 @@ impl Document {
         hashes_to_py(py, &added)
     }
 
+    /// The current heads, sorted; commits pending operations first.
     fn heads<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let mut heads = self.run(py, "heads", false, |doc| Ok(doc.get_heads()))?;
         heads.sort_unstable();
         hashes_to_py(py, &heads)
     }
 
+    /// This document's actor id.
     fn actor<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let actor = self.run(py, "actor", false, |doc| {
             Ok(doc.get_actor().to_bytes().to_vec())
@@ -354,6 +365,7 @@ impl Document {
         Ok(PyBytes::new(py, &actor))
     }
 
+    /// Use `actor` for changes made from now on.
     fn set_actor(&self, py: Python<'_>, actor: &[u8]) -> PyResult<()> {
         self.run(py, "set_actor", false, |doc| {
             doc.set_actor(actor_from(actor)?);
@@ -361,6 +373,8 @@ impl Document {
         })
     }
 
+    /// Commit pending operations as one change stamped `time` (ms, 0 when
+    /// None); returns its hash, or None when nothing was pending.
     #[pyo3(signature = (message=None, time=None))]
     fn commit<'py>(
         &self,
@@ -378,6 +392,7 @@ impl Document {
 
     // Reading ---------------------------------------------------------------
 
+    /// The value at `path` (objects materialized), None when absent.
     fn get<'py>(&self, py: Python<'py>, path: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let path = arg("get", path_from_py(path))?;
         let value = self.run(py, "get", false, move |doc| read_value(doc, &path))?;
@@ -387,6 +402,7 @@ impl Document {
         }
     }
 
+    /// Every concurrent value at `path`; the last is the one `get` returns.
     fn get_all<'py>(
         &self,
         py: Python<'py>,
@@ -412,6 +428,7 @@ impl Document {
         PyList::new(py, items)
     }
 
+    /// The object at `path` as nested dicts and lists, in one call.
     #[pyo3(signature = (path=None))]
     fn materialize<'py>(
         &self,
@@ -429,6 +446,7 @@ impl Document {
         value.to_py(py)
     }
 
+    /// The keys of the map at `path`, sorted.
     #[pyo3(signature = (path=None))]
     fn keys(&self, py: Python<'_>, path: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
         let path = match path {
@@ -450,6 +468,7 @@ impl Document {
         Ok(keys)
     }
 
+    /// Number of keys of a map or items of a list at `path`.
     #[pyo3(signature = (path=None))]
     fn length(&self, py: Python<'_>, path: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
         let path = match path {
@@ -464,6 +483,7 @@ impl Document {
 
     // Writing ---------------------------------------------------------------
 
+    /// Set the map key or list index that ends `path` to `value`.
     fn put(
         &self,
         py: Python<'_>,
@@ -488,6 +508,7 @@ impl Document {
         })
     }
 
+    /// `put` every entry of `entries` into the map at `path`.
     fn update(
         &self,
         py: Python<'_>,
@@ -509,6 +530,7 @@ impl Document {
         })
     }
 
+    /// Insert `value` into a list; `path` ends with the index.
     fn insert(
         &self,
         py: Python<'_>,
@@ -533,6 +555,7 @@ impl Document {
         })
     }
 
+    /// Delete the map key or list index that ends `path`.
     fn delete(&self, py: Python<'_>, path: &Bound<'_, PyAny>) -> PyResult<()> {
         let path = arg("delete", path_from_py(path))?;
         self.run(py, "delete", false, move |doc| {
@@ -555,6 +578,7 @@ impl Document {
 
     // Changes ---------------------------------------------------------------
 
+    /// Raw bytes of every change not in the history of `since`.
     fn get_changes<'py>(
         &self,
         py: Python<'py>,
@@ -571,6 +595,7 @@ impl Document {
         bytes_list_to_py(py, &changes)
     }
 
+    /// Apply raw changes (from `get_changes` of any document).
     fn apply_changes(&self, py: Python<'_>, changes: &Bound<'_, PyAny>) -> PyResult<()> {
         let raw = arg("apply_changes", bytes_list_from_py(changes, "changes"))?;
         self.run(py, "apply_changes", true, move |doc| {
@@ -586,6 +611,7 @@ impl Document {
         })
     }
 
+    /// Hash of the newest change made by this document's actor.
     fn last_local_change<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let hash = self.run(py, "last_local_change", false, |doc| {
             Ok(doc.get_last_local_change().map(|change| change.hash()))
@@ -593,6 +619,7 @@ impl Document {
         Ok(hash.map(|h| PyBytes::new(py, &h.0)))
     }
 
+    /// True when every hash in `hashes` is a change held here.
     fn has_all(&self, py: Python<'_>, hashes: &Bound<'_, PyAny>) -> PyResult<bool> {
         let hashes = arg("has_all", hashes_from_py(hashes, "hashes"))?;
         self.run(py, "has_all", false, move |doc| {
@@ -600,6 +627,8 @@ impl Document {
         })
     }
 
+    /// True when every hash in `hashes` is in the history of `heads`; False
+    /// when a head is not held here.
     fn covers(
         &self,
         py: Python<'_>,
@@ -631,6 +660,7 @@ impl Document {
         })
     }
 
+    /// What changed between two sets of heads, as (path, key, action).
     fn diff<'py>(
         &self,
         py: Python<'py>,
@@ -670,6 +700,7 @@ impl Document {
 
     // Sync ------------------------------------------------------------------
 
+    /// The next sync message for the peer of `state`, None if none is due.
     fn generate_sync_message<'py>(
         &self,
         py: Python<'py>,
@@ -686,6 +717,7 @@ impl Document {
         Ok(message.map(|m| PyBytes::new(py, &m)))
     }
 
+    /// Apply a sync message from the peer of `state`.
     fn receive_sync_message(
         &self,
         py: Python<'_>,

@@ -19,6 +19,7 @@ pub struct SyncState {
 
 #[pymethods]
 impl SyncState {
+    /// A fresh state, for a peer not synced with before.
     #[new]
     fn new() -> Self {
         SyncState {
@@ -26,6 +27,7 @@ impl SyncState {
         }
     }
 
+    /// The persistent part of the state (shared heads), encoded.
     fn encode<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let data = with_locked(py, &self.inner, false, |state| {
             guarded("encode", None, || Ok(state.encode()))
@@ -33,6 +35,7 @@ impl SyncState {
         Ok(PyBytes::new(py, &data))
     }
 
+    /// Rebuild a state from `encode()` output.
     #[staticmethod]
     fn decode(data: &[u8]) -> PyResult<Self> {
         let state = guarded("decode", None, || {
@@ -44,18 +47,21 @@ impl SyncState {
         })
     }
 
+    /// Heads both sides are known to hold.
     #[getter]
     fn shared_heads<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let heads = with_locked(py, &self.inner, false, |state| state.shared_heads.clone());
         hashes_to_py(py, &heads)
     }
 
+    /// Heads the peer reported in its last message, None before any.
     #[getter]
     fn their_heads<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
         let heads = with_locked(py, &self.inner, false, |state| state.their_heads.clone());
         heads.map(|h| hashes_to_py(py, &h)).transpose()
     }
 
+    /// Our heads as of the last message generated for this peer.
     #[getter]
     fn last_sent_heads<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let heads = with_locked(py, &self.inner, false, |state| {
