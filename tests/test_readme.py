@@ -99,3 +99,11 @@ def test_readme_commands_table_lists_every_command() -> None:
             else:
                 commands.add(name)
     assert listed == commands
+
+
+def test_readme_links_point_to_files_in_the_repository() -> None:
+    text = README.read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#]+)\)", text)
+    assert "docs/formats.md" in targets
+    missing = [t for t in targets if "://" not in t and not (REPO / t).exists()]
+    assert not missing
