@@ -146,9 +146,13 @@ class Document:
     # Sync --------------------------------------------------------------------
     def generate_sync_message(self, state: SyncState) -> bytes | None:
         """The next sync message for the peer of ``state``, None if none due."""
-    def receive_sync_message(self, state: SyncState, message: bytes) -> None:
+    def receive_sync_message(
+        self, state: SyncState, message: bytes
+    ) -> list[tuple[list[str | int], str | int, str]]:
         """Apply a sync message from the peer of ``state``.
 
+        Returns the patches the message made, shaped as :meth:`diff`'s, at a
+        cost that grows with the message rather than with the document.
         Raises AutomergeError on a malformed message, leaving the document
         unchanged.
         """

@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use automerge::sync::{Message, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
-    ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, PatchAction, Prop, ReadDoc, Value,
-    ROOT,
+    ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, PatchAction, PatchLog, Prop, ReadDoc,
+    Value, ROOT,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -221,6 +221,31 @@ fn patch_parts(patch: automerge::Patch) -> (Vec<Prop>, Prop, &'static str) {
         PatchAction::Mark { marks } => (Prop::Seq(marks.first().map_or(0, |m| m.start)), "mark"),
     };
     (path, key, action)
+}
+
+/// Patches as the Python list of (path, key, action) tuples.
+fn patches_to_py<'py>(
+    py: Python<'py>,
+    patches: &[(Vec<Prop>, Prop, &'static str)],
+) -> PyResult<Bound<'py, PyList>> {
+    let items = patches
+        .iter()
+        .map(|(path, key, action)| {
+            let path = path
+                .iter()
+                .map(|p| prop_to_py(py, p))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyTuple::new(
+                py,
+                [
+                    PyList::new(py, path)?.into_any(),
+                    prop_to_py(py, key)?,
+                    action.into_pyobject(py)?.into_any(),
+                ],
+            )
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, items)
 }
 
 fn prop_to_py<'py>(py: Python<'py>, prop: &Prop) -> PyResult<Bound<'py, PyAny>> {
@@ -678,24 +703,7 @@ impl Document {
                 .map(patch_parts)
                 .collect::<Vec<_>>())
         })?;
-        let items = patches
-            .iter()
-            .map(|(path, key, action)| {
-                let path = path
-                    .iter()
-                    .map(|p| prop_to_py(py, p))
-                    .collect::<PyResult<Vec<_>>>()?;
-                PyTuple::new(
-                    py,
-                    [
-                        PyList::new(py, path)?.into_any(),
-                        prop_to_py(py, key)?,
-                        action.into_pyobject(py)?.into_any(),
-                    ],
-                )
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, items)
+        patches_to_py(py, &patches)
     }
 
     // Sync ------------------------------------------------------------------
@@ -718,20 +726,30 @@ impl Document {
     }
 
     /// Apply a sync message from the peer of `state`.
-    fn receive_sync_message(
+    ///
+    /// Returns the patches the message made, as `diff` does, at a cost that
+    /// grows with the message rather than with the document.
+    fn receive_sync_message<'py>(
         &self,
-        py: Python<'_>,
-        state: &Bound<'_, SyncState>,
+        py: Python<'py>,
+        state: &Bound<'py, SyncState>,
         message: &[u8],
-    ) -> PyResult<()> {
+    ) -> PyResult<Bound<'py, PyList>> {
         let state = state.get();
-        self.run(py, "receive_sync_message", true, |doc| {
+        let patches = self.run(py, "receive_sync_message", true, |doc| {
             let decoded = Message::decode(message)
                 .map_err(|e| format!("malformed sync message ({} bytes): {e}", message.len()))?;
             let mut state = lock(&state.inner);
+            let mut log = PatchLog::active();
             doc.sync()
-                .receive_sync_message(&mut state, decoded)
-                .map_err(automerge_err)
-        })
+                .receive_sync_message_log_patches(&mut state, decoded, &mut log)
+                .map_err(automerge_err)?;
+            Ok(doc
+                .make_patches(&mut log)
+                .into_iter()
+                .map(patch_parts)
+                .collect::<Vec<_>>())
+        })?;
+        patches_to_py(py, &patches)
     }
 }
