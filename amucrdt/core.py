@@ -296,11 +296,12 @@ class NodeCore:
             link.reset(frame.epoch, announce=False)
             self.stats.resets += 1
         try:
-            self.doc.receive_sync_message(link.sync, frame.data)
+            patches = self.doc.receive_sync_message(link.sync, frame.data)
         except AutomergeError as exc:
             if self.doc.poisoned:
                 return self._rebuild(now, str(exc))
             return [Close(peer_id, f"bad sync message: {exc}")]
+        self.cluster.note_patches(patches)
         link.last_sync = now
         link.dirty = True
         their = link.sync.their_heads

@@ -170,6 +170,12 @@ class Cluster:
         # finished job never reopens, so the cursor only moves forward until
         # the order changes; it keeps scans for open work short.
         self._open_from = 0
+        # Root entries written or received since the last refresh, and
+        # whether something touched the root itself (reload everything).
+        self._touched: set[tuple[str, str]] = set()
+        self._full = False
+        # Set when changes arrived by a way that reports no patches (merge).
+        self._diff_next = False
         self.refresh()
 
     # Index -------------------------------------------------------------------
@@ -177,27 +183,28 @@ class Cluster:
     def refresh(self) -> set[str]:
         """Bring the index up to date with the document.
 
+        The keys that changed come from this class's own writes and from the
+        patches handed to :meth:`note_patches`. After :meth:`merge`, or when
+        heads moved with neither (a change made directly on the document), it
+        asks Automerge for a diff, whose cost grows with the whole document.
+
         Returns the ids of the jobs whose records changed.
         """
         heads = self.doc.heads()
         if heads == self._seen_heads:
+            self._touched.clear()
             return set()
-        touched: set[tuple[str, str]] = set()
-        full = self._seen_heads is None
-        if not full:
+        touched = self._touched
+        self._touched = set()
+        full = self._seen_heads is None or self._full
+        self._full = False
+        if not full and (self._diff_next or not touched):
             assert self._seen_heads is not None
-            patches = self.doc.diff(self._seen_heads, heads)
-            for path, key, _action in patches:
-                if len(path) >= 2:
-                    touched.add((str(path[0]), str(path[1])))
-                elif len(path) == 1:
-                    touched.add((str(path[0]), str(key)))
-                else:
-                    full = True
-                    break
-            if len(touched) > 2000:
-                # One materialize beats thousands of single reads.
-                full = True
+            full = self._note(self.doc.diff(self._seen_heads, heads), touched)
+        self._diff_next = False
+        if len(touched) > 2000:
+            # One materialize beats thousands of single reads.
+            full = True
         self._seen_heads = heads
         if full:
             return self._reload()
@@ -208,6 +215,33 @@ class Cluster:
         for job in changed:
             self._views.pop(job, None)
         return changed
+
+    def merge(self, other: Document) -> None:
+        """Merge ``other`` into the document; the next refresh sees its changes."""
+        self.doc.merge(other)
+        self._diff_next = True
+
+    def note_patches(
+        self, patches: Iterable[tuple[list[str | int], str | int, str]]
+    ) -> None:
+        """Record what a received sync message changed, for the next refresh."""
+        if self._note(patches, self._touched):
+            self._full = True
+
+    @staticmethod
+    def _note(
+        patches: Iterable[tuple[list[str | int], str | int, str]],
+        touched: set[tuple[str, str]],
+    ) -> bool:
+        """Add the root entries ``patches`` touch; True when one is the root."""
+        for path, key, _action in patches:
+            if len(path) >= 2:
+                touched.add((str(path[0]), str(path[1])))
+            elif len(path) == 1:
+                touched.add((str(path[0]), str(key)))
+            else:
+                return True
+        return False
 
     def _reload(self) -> set[str]:
         self.hosts, self.addresses, self.queues = {}, {}, {}
@@ -256,12 +290,14 @@ class Cluster:
     def add_host(self, node_id: str, record: Mapping[str, Any]) -> None:
         """Write this node's own host record."""
         self.doc.put(("hosts", node_id), dict(record))
+        self._touched.add(("hosts", node_id))
 
     def add_addresses(self, urls: Iterable[str], by: str, now: float) -> list[str]:
         """Add peer addresses; returns the ones that were new."""
         new = [url for url in urls if url not in self.addresses]
         if new:
             self.doc.update(("addresses",), {url: {"by": by, "at": now} for url in new})
+            self._touched.update(("addresses", url) for url in new)
         return new
 
     def add_queue(self, spec: QueueSpec, pushed_by: str, now: float) -> bool:
@@ -299,6 +335,8 @@ class Cluster:
                 for seq, job in enumerate(spec.jobs)
             },
         )
+        self._touched.add(("queues", spec.name))
+        self._touched.update(("jobs", job_id(spec.name, job.name)) for job in spec.jobs)
         return True
 
     def _same_queue(self, spec: QueueSpec) -> bool:
@@ -329,13 +367,17 @@ class Cluster:
         record: dict[str, Any] = {"at": now}
         if withdrawn is not None:
             record["withdrawn"] = withdrawn
-        self.doc.put(("claims", entry_key(attempt, node_id, job)), record)
+        key = entry_key(attempt, node_id, job)
+        self.doc.put(("claims", key), record)
+        self._touched.add(("claims", key))
 
     def put_result(
         self, job: str, attempt: int, node_id: str, record: Mapping[str, Any]
     ) -> None:
         """Write (or overwrite) ``node_id``'s own record of running an attempt."""
-        self.doc.put(("results", entry_key(attempt, node_id, job)), dict(record))
+        key = entry_key(attempt, node_id, job)
+        self.doc.put(("results", key), dict(record))
+        self._touched.add(("results", key))
 
     def put_takeover(
         self,
@@ -347,10 +389,11 @@ class Cluster:
         reason: str,
     ) -> None:
         """Record that ``observer`` declared ``attempt`` of ``job`` lost."""
+        key = entry_key(attempt, observer, job)
         self.doc.put(
-            ("takeovers", entry_key(attempt, observer, job)),
-            {"runner": runner, "at": now, "reason": reason},
+            ("takeovers", key), {"runner": runner, "at": now, "reason": reason}
         )
+        self._touched.add(("takeovers", key))
 
     # Reads -------------------------------------------------------------------
 

@@ -98,7 +98,7 @@ def test_replicas_built_from_genesis_merge_without_losing_root_maps() -> None:
     a.doc.commit()
     b.doc.commit()
 
-    a.doc.merge(b.doc)
+    a.merge(b.doc)
     a.refresh()
 
     assert sorted(a.hosts) == [NODE_A, NODE_B]
@@ -174,8 +174,8 @@ def test_same_queue_pushed_on_two_replicas_at_once_merges_to_one_set_of_jobs() -
     a.add_queue(queue(names=("one", "two")), NODE_A, 5.0)
     b.add_queue(queue(names=("one", "two")), NODE_B, 5.0)
 
-    a.doc.merge(b.doc)
-    b.doc.merge(a.doc)
+    a.merge(b.doc)
+    b.merge(a.doc)
     a.refresh()
     b.refresh()
 
@@ -359,7 +359,7 @@ def test_incremental_index_matches_a_fresh_read_after_merges() -> None:
             cluster.put_takeover(job, attempt, node, NODE_A, float(step), "test")
         else:
             other = replicas[rng.randrange(3)]
-            cluster.doc.merge(other.doc)
+            cluster.merge(other.doc)
         cluster.refresh()
 
         fresh = Cluster(cluster.doc)
