@@ -73,7 +73,8 @@ class Control:
         if op == "push_queue":
             spec = _queue_from_json(request.get("queue"))
             new, actions = self.node.core.push_queue(spec, now)
-            self.node._do(actions)  # persisted before the reply below
+            self.node._do(actions)
+            self.node.flush()  # on disk before the reply
             return {"queue": spec.name, "jobs": len(spec.jobs), "new": new}
         if op == "push_hosts":
             hosts = request.get("hosts")
@@ -84,6 +85,7 @@ class Control:
             urls = [normalize_address(h, "push_hosts") for h in hosts]
             added, actions = self.node.core.push_hosts(urls, now)
             self.node._do(actions)
+            self.node.flush()
             return {"added": added, "known": sorted(self.node.core.cluster.addresses)}
         if op == "dump":
             return dump(self.node.core.cluster, self.node.node_id)

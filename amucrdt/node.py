@@ -158,6 +158,10 @@ class Node:
         # Fire-and-forget work (closing a link, waking waiters), kept here so
         # that no task is collected before it ends.
         self._tasks: set[asyncio.Task[None]] = set()
+        # Incremental saves not yet on disk. They are written with one fsync
+        # for every batch of events (group commit) and always before anything
+        # that depends on them leaves the node: a frame, a reply, a job start.
+        self._unsaved: list[bytes] = []
         # Set when the timer or the dialer died of an unexpected error.
         self._crashed: str | None = None
         self.core = self._load_core()
@@ -313,6 +317,7 @@ class Node:
             self._server.close()
             await self._server.wait_closed()
         self.store.compact(self.core.doc.save())
+        self._unsaved.clear()
         self.store.close()
         self.datadir.unlock()
         # The heads let an operator check that a restart loads this state.
@@ -331,16 +336,19 @@ class Node:
 
     def _do(self, actions: list[Action]) -> None:
         """Carry out the core's actions, in order."""
-        woke = False
         for action in actions:
             if isinstance(action, Persist):
-                self.store.append(action.data)
-                woke = True
+                if not self._unsaved:
+                    asyncio.get_running_loop().call_soon(self.flush)
+                self._unsaved.append(action.data)
             elif isinstance(action, Wake):
                 session = self.sessions.get(action.peer_id)
                 if session is not None:
                     session.wake.set()
             elif isinstance(action, StartJob):
+                # The start record must be on disk before the command runs,
+                # so a restarted node knows what it may have left running.
+                self.flush()
                 self._start(action)
             elif isinstance(action, KillJob):
                 pass  # _shutdown stops every job through the runner
@@ -356,10 +364,20 @@ class Node:
                     )
                     self._background(close_connection(session.ws, 1008, action.reason))
             elif isinstance(action, Rebuilt):
+                self._unsaved.clear()
                 self.store.compact(action.snapshot)
-        if woke:
-            self._maybe_compact()
-            self._background(self._notify())
+
+    def flush(self) -> None:
+        """Write every pending change to the store, with one fsync."""
+        if not self._unsaved:
+            return
+        data = b"".join(self._unsaved)
+        # Kept until the append succeeds, so a failed write (a full disk) is
+        # retried by the next flush instead of losing the changes.
+        self.store.append(data)
+        self._unsaved.clear()
+        self._maybe_compact()
+        self._background(self._notify())
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` as a task the node keeps until it ends."""
@@ -707,6 +725,8 @@ class Node:
                 session.wake.clear()
                 frames = self.core.poll(session.peer_id)
                 self._do(self.core.recover(time.time()))
+                # What the frames carry must be durable before it is sent.
+                self.flush()
                 for frame in frames:
                     # Awaiting each send is the backpressure: while a slow peer
                     # drains, no new message is generated for it.
