@@ -307,19 +307,43 @@ class NodeCore:
         their = link.sync.their_heads
         if their is not None:
             link.heads = tuple(their)
+            self._track_exchange(link, now)
         return self._after(now)
 
     def _on_heartbeat(self, link: Link, beat: Heartbeat, now: float) -> list[Action]:
         link.running = beat.running
         link.heads = beat.heads
-        ours = tuple(self.doc.heads())
-        if tuple(sorted(beat.heads)) == ours:
-            link.diverged_since = None
-            return self._after(now)
-        link.dirty = True
-        if link.diverged_since is None:
-            link.diverged_since = now
+        if self._track_exchange(link, now):
+            link.dirty = True
         return self._after(now)
+
+    def _track_exchange(self, link: Link, now: float) -> bool:
+        """Note whether the exchange with the peer is getting anywhere.
+
+        Sync frames flowing are no sign of progress: once a message was lost,
+        Automerge never resends the changes it carried, and both sides keep
+        answering each other without converging. So the link waits for the
+        peer to report heads that contain what this node held when the wait
+        began, while this node holds all the peer reported; tick() starts a
+        new epoch when that takes longer than ``resync_after``.
+
+        Returns True while the replicas differ.
+        """
+        assert link.heads is not None
+        theirs = list(link.heads)
+        ours = self.doc.heads()
+        if sorted(theirs) == ours:
+            link.awaiting = None
+            link.diverged_since = None
+            return False
+        if link.awaiting is not None and (
+            self.doc.has_all(theirs) and self.doc.covers(theirs, list(link.awaiting))
+        ):
+            link.awaiting = None
+        if link.awaiting is None:
+            link.awaiting = tuple(ours)
+            link.diverged_since = now
+        return True
 
     # Timer -------------------------------------------------------------------
 
@@ -338,7 +362,6 @@ class NodeCore:
             stalled = (
                 link.diverged_since is not None
                 and now - link.diverged_since > self.config.resync_after
-                and now - link.last_sync > self.config.resync_after
             )
             if stalled:
                 self._epoch_seed += 1

@@ -32,8 +32,11 @@ class Link:
         dirty: a sync message may be due; cleared when one is generated.
         caught_up: once true, this node has held all of the peer's reported
             heads at least once since the connection opened.
-        diverged_since: since when the peer's reported heads differ from ours,
-            or None while they agree.
+        diverged_since: since when this node has waited for the exchange to
+            catch up: for the peer to report heads that contain ``awaiting``
+            while this node holds everything the peer reported; None while
+            nothing is awaited.
+        awaiting: this node's heads when the wait began.
         last_heartbeat_sent: when we last queued a heartbeat for this peer.
     """
 
@@ -49,6 +52,7 @@ class Link:
     dirty: bool = True
     caught_up: bool = False
     diverged_since: float | None = None
+    awaiting: tuple[bytes, ...] | None = None
     last_heartbeat_sent: float = float("-inf")
     # Control frames waiting to be sent. Only the newest heartbeat matters, so
     # the queue holds at most one heartbeat and one reset: its size is bounded
@@ -70,6 +74,7 @@ class Link:
         self.sync = SyncState()
         self.dirty = True
         self.diverged_since = None
+        self.awaiting = None
         self._control = deque(f for f in self._control if not isinstance(f, Reset))
         if announce:
             # The reset goes before anything else so the peer drops its state

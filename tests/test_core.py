@@ -7,6 +7,7 @@ from typing import Any
 from amucrdt._automerge import Document
 from amucrdt.core import Action, Config, NodeCore, Persist, StartJob
 from amucrdt.formats import JobSpec, QueueSpec
+from amucrdt.frames import SyncFrame
 from amucrdt.rule import winner
 from amucrdt.state import CLAIMED, DONE, PENDING, Cluster, genesis
 
@@ -259,3 +260,28 @@ def test_late_end_of_an_old_attempt_keeps_the_newer_attempt_running() -> None:
     assert a.running == {}
     assert a.cluster.job("q/job0").state == DONE
     assert starts(actions) == []
+
+
+def test_lost_sync_message_is_recovered_by_a_new_epoch() -> None:
+    a, b = make_core(NODE_A), make_core(NODE_B)
+    a.startup(0.0)
+    b.startup(0.0)
+    connect(a, b, 0.0)
+    exchange(a, b, 0.0)
+    a.push_queue(make_queue("q", 3), 0.1)
+    b.push_queue(make_queue("r", 3), 0.1)
+    # The sync message that carries A's queue is lost on a live connection.
+    # Automerge never sends those changes again on this sync state, while
+    # both sides keep answering each other's messages.
+    assert [f for f in a.poll(NODE_B) if isinstance(f, SyncFrame)]
+
+    now = 0.1
+    while now < 5.0 and b.doc.heads() != a.doc.heads():
+        now += 0.1
+        a.tick(now)
+        b.tick(now)
+        exchange(a, b, now, rounds=4)
+
+    assert b.doc.heads() == a.doc.heads()
+    assert now < 0.1 + 2 * 1.0
+    assert a.stats.resets + b.stats.resets >= 1
