@@ -123,6 +123,8 @@ class Workload:
         fault_time: when the faults stop.
         deadline: virtual seconds after ``fault_time`` for the cluster to go
             quiet; a cluster still busy then has failed to converge.
+        max_events: a run that needs more events than this is stopped and
+            fails: frames that breed frames would otherwise run for hours.
     """
 
     nodes: int = 4
@@ -134,6 +136,7 @@ class Workload:
     push_window: float = 3.0
     fault_time: float = 8.0
     deadline: float = 90.0
+    max_events: int = 400_000
 
 
 @dataclass
@@ -281,7 +284,7 @@ class Sim:
         deadline = self.workload.fault_time + self.workload.deadline
         while self._heap and not self.converged:
             when, _, callback = heapq.heappop(self._heap)
-            if when > deadline:
+            if when > deadline or self.events >= self.workload.max_events:
                 break
             self.now = when
             self.events += 1
@@ -811,6 +814,33 @@ class Sim:
                         problems.append(f"{job} runs overlap: {first} and {second}")
         return problems
 
+    def check_slots(self) -> list[str]:
+        """No node ever runs more jobs at once than it has slots."""
+        problems = []
+        slots = self.workload.slots
+        by_node: dict[str, list[tuple[float, int, Run]]] = {}
+        for run in self.ledger:
+            end = run.end if run.end is not None else float("inf")
+            # At equal times an end comes before a start: a slot freed by
+            # one job may be taken by the next in the same instant.
+            by_node.setdefault(run.node_id, []).append((run.start, 1, run))
+            by_node.setdefault(run.node_id, []).append((end, 0, run))
+        for node_id in self.order:
+            busy: list[Run] = []
+            for _when, kind, run in sorted(
+                by_node.get(node_id, []), key=lambda e: (e[0], e[1])
+            ):
+                if kind == 0:
+                    busy.remove(run)
+                    continue
+                busy.append(run)
+                if len(busy) > slots:
+                    problems.append(
+                        f"{self.name(node_id)} runs {len(busy)} jobs with "
+                        f"{slots} slots: " + "; ".join(str(r) for r in busy)
+                    )
+        return problems
+
     def check_all_ended(self) -> list[str]:
         """On every live replica every pushed job is done or failed."""
         problems = []
@@ -858,7 +888,12 @@ class Sim:
     def check_converged(self) -> list[str]:
         """The run went quiet, and every replica holds the same document."""
         problems = []
-        if not self.converged:
+        if self.events >= self.workload.max_events:
+            problems.append(
+                f"stopped after {self.events} events at {self.now:.3f}s: "
+                "frames keep breeding frames"
+            )
+        elif not self.converged:
             problems.append(
                 f"not quiet {self.workload.deadline:.0f}s after faults stopped"
             )
