@@ -136,7 +136,7 @@ class Workload:
     push_window: float = 3.0
     fault_time: float = 8.0
     deadline: float = 90.0
-    max_events: int = 400_000
+    max_events: int = 100_000
 
 
 @dataclass
@@ -198,6 +198,33 @@ class SimResult:
     events: int
     stats: dict[str, list[Stats]]
     trace: list[str]
+
+    def total(self, counter: str) -> int:
+        """A claim-path counter of :class:`Stats`, summed over every core run."""
+        return sum(
+            int(getattr(stats, counter))
+            for per_node in self.stats.values()
+            for stats in per_node
+        )
+
+    def settle_latencies(self) -> list[float]:
+        """Seconds from writing each claim to knowing whether it won."""
+        return [
+            latency
+            for per_node in self.stats.values()
+            for stats in per_node
+            for latency in stats.settle_latency
+        ]
+
+    def duplicate_starts(self) -> int:
+        """Starts beyond the first of each attempt of each job."""
+        seen: set[tuple[str, int]] = set()
+        extra = 0
+        for run in self.ledger:
+            key = (run.job_id, run.attempt)
+            extra += key in seen
+            seen.add(key)
+        return extra
 
 
 class Sim:
