@@ -377,7 +377,9 @@ class NodeCore:
                 self._queue_heartbeat(link, now)
                 actions.append(Wake(link.peer_id))
         self._expire_leases(now)
-        return actions + self._after(now)
+        # The heartbeats' wakes may carry a sync message with this event's
+        # changes (a takeover, a claim, a start): persist them first.
+        return self._after(now) + actions
 
     def _queue_heartbeat(self, link: Link, now: float) -> None:
         running = tuple(f"{attempt}:{job}" for job, attempt in self.running.items())

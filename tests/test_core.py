@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from amucrdt._automerge import Document
-from amucrdt.core import Action, Config, NodeCore, Persist, StartJob
+from amucrdt.core import Action, Config, NodeCore, Persist, StartJob, Wake
 from amucrdt.formats import JobSpec, QueueSpec
 from amucrdt.frames import SyncFrame
 from amucrdt.rule import winner
@@ -285,3 +285,26 @@ def test_lost_sync_message_is_recovered_by_a_new_epoch() -> None:
     assert b.doc.heads() == a.doc.heads()
     assert now < 0.1 + 2 * 1.0
     assert a.stats.resets + b.stats.resets >= 1
+
+
+def test_tick_persists_a_takeover_before_waking_any_peer() -> None:
+    doc = genesis()
+    doc.set_actor(bytes(15) + b"\x07")
+    cluster = Cluster(doc)
+    cluster.add_queue(make_queue("q", 1), NODE_C, 0.0)
+    cluster.put_claim("q/job0", 1, NODE_C, 0.0)
+    cluster.put_result("q/job0", 1, NODE_C, {"state": "running", "node": NODE_C})
+    doc.commit(time=0)
+    a = NodeCore(Config(node_id=NODE_A, lease=3.0), doc, 0.0)
+    b = NodeCore(Config(node_id=NODE_B, lease=3.0), doc.fork(), 0.0)
+    a.startup(0.0)
+    b.startup(0.0)
+    connect(a, b, 0.0)
+    exchange(a, b, 0.0)
+
+    actions = a.tick(3.5)
+
+    assert a.stats.takeovers == 1
+    kinds = [type(action) for action in actions]
+    assert Persist in kinds and Wake in kinds
+    assert kinds.index(Persist) < kinds.index(Wake)
