@@ -72,6 +72,7 @@ def test_fault_free_cluster_starts_each_job_once(seed: int) -> None:
         + sim.check_all_ended()
         + sim.check_results_match_ledger()
         + sim.check_slots()
+        + sim.check_persist_first()
         + sim.check_converged(),
     )
 
@@ -86,6 +87,7 @@ def test_crashing_cluster_never_runs_a_job_on_two_live_nodes(seed: int) -> None:
         + sim.check_all_ended()
         + sim.check_results_match_ledger()
         + sim.check_slots()
+        + sim.check_persist_first()
         + sim.check_converged(),
     )
 
@@ -99,6 +101,7 @@ def test_partitioned_cluster_loses_no_job_and_converges(seed: int) -> None:
         sim.check_all_ended()
         + sim.check_results_match_ledger()
         + sim.check_slots()
+        + sim.check_persist_first()
         + sim.check_converged(),
     )
 

@@ -43,7 +43,7 @@ from amucrdt.core import (
     Wake,
 )
 from amucrdt.formats import JobSpec, QueueSpec
-from amucrdt.frames import Frame
+from amucrdt.frames import Frame, SyncFrame
 from amucrdt.state import DONE, FAILED, check_schema, genesis, job_id
 
 #: Timings of every simulated node, in virtual seconds.
@@ -250,6 +250,9 @@ class Sim:
         # The nodes each queue was handed to.
         self.pushed_to: dict[str, list[str]] = {}
         self.trace: deque[str] = deque(maxlen=3000)
+        # Frames or starts that left a node before the changes behind them
+        # were persisted.
+        self.order_problems: list[str] = []
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._unpushed = 0
@@ -478,16 +481,28 @@ class Sim:
 
     def _apply(self, node: SimNode, actions: list[Action]) -> None:
         core = node.core
-        for action in actions:
+        # Until the last Persist of the list is carried out, the replica holds
+        # changes that are not on disk: nothing may leave the node yet.
+        last_persist = max(
+            (i for i, a in enumerate(actions) if isinstance(a, Persist | Rebuilt)),
+            default=-1,
+        )
+        for index, action in enumerate(actions):
             if node.core is not core or core is None:
                 return
+            early = index < last_persist
             if isinstance(action, Persist):
                 node.disk.append(action.data)
             elif isinstance(action, Rebuilt):
                 node.disk = [action.snapshot]
             elif isinstance(action, Wake):
-                self._flush(node, action.peer_id)
+                self._flush(node, action.peer_id, unpersisted=early)
             elif isinstance(action, StartJob):
+                if early:
+                    self.order_problems.append(
+                        f"{self.now:.3f} {self.name(node.node_id)} starts "
+                        f"{action.job_id}#{action.attempt} before persisting"
+                    )
                 self._start_job(node, action)
             elif isinstance(action, KillJob):
                 self._kill_job(node, action)
@@ -615,13 +630,18 @@ class Sim:
             delay = self.rng.uniform(0.2, 0.8)
         self.at(self.now + delay, lambda: self._connect(*pair))
 
-    def _flush(self, node: SimNode, peer: str) -> None:
+    def _flush(self, node: SimNode, peer: str, unpersisted: bool = False) -> None:
         if node.core is None:
             return
         frames = node.core.poll(peer)
         conn = self._conn.get((node.node_id, peer))
         if conn is None:
             return
+        if unpersisted and any(isinstance(f, SyncFrame) for f in frames):
+            self.order_problems.append(
+                f"{self.now:.3f} {self.name(node.node_id)} sends a sync message "
+                f"to {self.name(peer)} before persisting its changes"
+            )
         for frame in frames:
             self._send(node.node_id, peer, conn, frame)
 
@@ -840,6 +860,10 @@ class Sim:
                     if second.start < end:
                         problems.append(f"{job} runs overlap: {first} and {second}")
         return problems
+
+    def check_persist_first(self) -> list[str]:
+        """No frame and no job start left a node before its changes were on disk."""
+        return list(self.order_problems)
 
     def check_slots(self) -> list[str]:
         """No node ever runs more jobs at once than it has slots."""
