@@ -616,13 +616,16 @@ class NodeCore:
 
         This happens after a restart, and when the claim that beat ours was
         withdrawn. Settling them again with the current heads is safe: the
-        heads contain the claim.
+        heads contain the claim. A claim this node has no free slot for (or
+        whose job it runs already) is withdrawn instead: kept, it would hold
+        the job until a slot frees here, however idle the other nodes are.
         """
         if not self.accepting:
             return
         heads: list[bytes] | None = None
+        free = self.config.slots - len(self.running) - len(self.pending)
         views = (
-            self._open_jobs()
+            list(self._open_jobs())
             if jobs is None
             else [v for v in map(self._view, jobs) if v is not None]
         )
@@ -630,11 +633,17 @@ class NodeCore:
             if view.state != CLAIMED or view.node != self.node_id:
                 continue
             key = (view.job_id, view.attempt)
-            if key in self.pending or view.job_id in self.running:
+            if key in self.pending:
+                continue
+            claim = PendingClaim(view.job_id, view.attempt, [], now)
+            if free <= 0 or view.job_id in self.running:
+                self._withdraw(claim, now, "no free slot")
                 continue
             if heads is None:
                 heads = list(self.doc.heads())
-            self.pending[key] = PendingClaim(view.job_id, view.attempt, heads, now)
+            claim.covers = heads
+            self.pending[key] = claim
+            free -= 1
 
     def _open_jobs(self) -> Iterator[JobView]:
         return self.cluster.open_jobs()

@@ -308,3 +308,37 @@ def test_tick_persists_a_takeover_before_waking_any_peer() -> None:
     kinds = [type(action) for action in actions]
     assert Persist in kinds and Wake in kinds
     assert kinds.index(Persist) < kinds.index(Wake)
+
+
+def test_busy_node_lets_go_of_a_claim_it_comes_to_win() -> None:
+    # B's claim beat A's on one job; A is busy with another job when B
+    # withdraws, which makes A the winner of a claim it has no slot for.
+    contested = next(
+        f"job{i}"
+        for i in range(1, 100)
+        if winner(f"q/job{i}", 1, [NODE_A, NODE_B]) == NODE_B
+    )
+    spec = QueueSpec(
+        "q",
+        tuple(JobSpec(name, {"posix": "true"}) for name in ("job0", contested)),
+    )
+    doc = genesis()
+    doc.set_actor(bytes(15) + b"\x07")
+    cluster = Cluster(doc)
+    cluster.add_queue(spec, NODE_B, 0.0)
+    cluster.put_claim(f"q/{contested}", 1, NODE_A, 0.0)
+    cluster.put_claim(f"q/{contested}", 1, NODE_B, 0.0)
+    doc.commit(time=0)
+    theirs = doc.fork(actor=bytes(15) + b"\x08")
+    a = NodeCore(Config(node_id=NODE_A, slots=1), doc, 0.0)
+    assert starts(a.startup(0.0)) == [("q/job0", 1)]
+
+    Cluster(theirs).put_claim(f"q/{contested}", 1, NODE_B, 1.0, withdrawn="stop")
+    theirs.commit(time=1000)
+    a.doc.merge(theirs)
+    actions = a.tick(1.1)
+
+    assert starts(actions) == []
+    assert a.running == {"q/job0": 1}
+    assert a.cluster.job(f"q/{contested}").state == PENDING
+    assert starts(a.finished("q/job0", 1, ok(2.0), 2.0)) == [(f"q/{contested}", 1)]
