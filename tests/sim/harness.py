@@ -301,6 +301,12 @@ class Sim:
 
     def run(self) -> SimResult:
         """Play the whole run and return what happened."""
+        self.start()
+        self.run_until(self.workload.fault_time + self.workload.deadline)
+        return self.result()
+
+    def start(self) -> None:
+        """Boot every node, connect them all, and plan the work and faults."""
         for node_id in self.order:
             self._boot(node_id)
         for a in self.order:
@@ -311,15 +317,20 @@ class Sim:
         self._plan_faults()
         self.at(self.workload.fault_time, self._end_faults)
         self.at(self.workload.fault_time, self._check_quiet)
-        deadline = self.workload.fault_time + self.workload.deadline
+
+    def run_until(self, deadline: float) -> None:
+        """Play events up to virtual time ``deadline``, or until quiet.
+
+        Also stops after ``max_events`` events in all.
+        """
         while self._heap and not self.converged:
-            when, _, callback = heapq.heappop(self._heap)
+            when = self._heap[0][0]
             if when > deadline or self.events >= self.workload.max_events:
-                break
+                return
+            _, _, callback = heapq.heappop(self._heap)
             self.now = when
             self.events += 1
             callback()
-        return self.result()
 
     def result(self) -> SimResult:
         """The outcome so far."""
