@@ -73,6 +73,7 @@ def test_fault_free_cluster_starts_each_job_once(seed: int) -> None:
         + sim.check_results_match_ledger()
         + sim.check_slots()
         + sim.check_persist_first()
+        + sim.check_disks()
         + sim.check_converged(),
     )
 
@@ -88,6 +89,7 @@ def test_crashing_cluster_never_runs_a_job_on_two_live_nodes(seed: int) -> None:
         + sim.check_results_match_ledger()
         + sim.check_slots()
         + sim.check_persist_first()
+        + sim.check_disks()
         + sim.check_converged(),
     )
 
@@ -102,6 +104,7 @@ def test_partitioned_cluster_loses_no_job_and_converges(seed: int) -> None:
         + sim.check_results_match_ledger()
         + sim.check_slots()
         + sim.check_persist_first()
+        + sim.check_disks()
         + sim.check_converged(),
     )
 

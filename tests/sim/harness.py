@@ -415,12 +415,7 @@ class Sim:
 
     def _boot(self, node_id: str) -> None:
         node = self.nodes[node_id]
-        if len(node.disk) == 1 and node.disk[0] == self._genesis:
-            doc = genesis()
-        else:
-            doc = Document.load(node.disk[0])
-            for chunk in node.disk[1:]:
-                doc.load_incremental(chunk)
+        doc = self._load_disk(node)
         check_schema(doc, f"disk of {self.name(node_id)}")
         doc.set_actor(self.rng.randbytes(16))
         node.core = NodeCore(node.config, doc, self.now)
@@ -431,6 +426,15 @@ class Sim:
             self.now + self.rng.uniform(0, TICK),
             lambda: self._tick(node_id, incarnation),
         )
+
+    def _load_disk(self, node: SimNode) -> Document:
+        """The document a node finds on its disk: snapshot, then the log."""
+        if len(node.disk) == 1 and node.disk[0] == self._genesis:
+            return genesis()
+        doc = Document.load(node.disk[0])
+        for chunk in node.disk[1:]:
+            doc.load_incremental(chunk)
+        return doc
 
     def _tick(self, node_id: str, incarnation: int) -> None:
         node = self.nodes[node_id]
@@ -875,6 +879,21 @@ class Sim:
     def check_persist_first(self) -> list[str]:
         """No frame and no job start left a node before its changes were on disk."""
         return list(self.order_problems)
+
+    def check_disks(self) -> list[str]:
+        """Every live node's disk reloads to exactly its replica."""
+        problems = []
+        for node_id in self.order:
+            node = self.nodes[node_id]
+            if node.core is None:
+                continue
+            doc = self._load_disk(node)
+            if doc.heads() != node.core.doc.heads():
+                problems.append(
+                    f"{self.name(node_id)}'s disk reloads to other heads than "
+                    "its replica: a change was never persisted"
+                )
+        return problems
 
     def check_slots(self) -> list[str]:
         """No node ever runs more jobs at once than it has slots."""
