@@ -17,7 +17,7 @@ import random
 import pytest
 from sim import CRASH, FAULT_FREE, PARTITION, Profile, Sim, Workload
 
-DEFAULT_SEEDS = {"fault_free": 50, "crash": 45, "partition": 45}
+DEFAULT_SEEDS = {"fault_free": 70, "crash": 60, "partition": 60}
 
 
 def seeds(profile: Profile) -> list[object]:
@@ -43,7 +43,7 @@ def workload_for(seed: int, profile: Profile) -> Workload:
         everywhere=rng.random() < 0.35,
         slots=rng.choice([1, 1, 1, 2]),
         push_window=rng.uniform(0.0, 4.0),
-        fault_time=8.0 if profile is not FAULT_FREE else 4.0,
+        fault_time=4.0 if profile.name == FAULT_FREE.name else 8.0,
     )
 
 
