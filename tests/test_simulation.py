@@ -15,9 +15,9 @@ import os
 import random
 
 import pytest
-from sim import CRASH, FAULT_FREE, PARTITION, Profile, Sim, Workload
+from sim import CHAOS, CRASH, FAULT_FREE, PARTITION, Profile, Sim, Workload
 
-DEFAULT_SEEDS = {"fault_free": 70, "crash": 60, "partition": 60}
+DEFAULT_SEEDS = {"fault_free": 70, "crash": 60, "partition": 60, "chaos": 20}
 
 
 def seeds(profile: Profile) -> list[object]:
@@ -99,6 +99,23 @@ def test_crashing_cluster_never_runs_a_job_on_two_live_nodes(seed: int) -> None:
 @pytest.mark.parametrize("seed", seeds(PARTITION))
 def test_partitioned_cluster_loses_no_job_and_converges(seed: int) -> None:
     sim = simulate(seed, PARTITION)
+
+    assert_clean(
+        sim,
+        sim.check_all_ended()
+        + sim.check_results_match_ledger()
+        + sim.check_slots()
+        + sim.check_persist_first()
+        + sim.check_disks()
+        + sim.check_converged(),
+    )
+
+
+@pytest.mark.parametrize("seed", seeds(CHAOS))
+def test_cluster_under_every_fault_at_once_loses_no_job_and_converges(
+    seed: int,
+) -> None:
+    sim = simulate(seed, CHAOS)
 
     assert_clean(
         sim,

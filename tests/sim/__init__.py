@@ -5,6 +5,7 @@ script run from the repository root can import it as ``tests.sim``.
 """
 
 from .harness import (
+    CHAOS,
     CRASH,
     FAULT_FREE,
     PARTITION,
@@ -16,6 +17,7 @@ from .harness import (
 )
 
 __all__ = [
+    "CHAOS",
     "CRASH",
     "FAULT_FREE",
     "PARTITION",

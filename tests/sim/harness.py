@@ -105,6 +105,8 @@ FAULT_FREE = Profile("fault_free")
 CRASH = Profile("crash", crash_every=1.5, stay_down=0.1)
 #: Frames are lost and the cluster splits and heals; no node crashes.
 PARTITION = Profile("partition", drop=0.05, partition_every=2.5)
+#: All of the above at once.
+CHAOS = Profile("chaos", drop=0.05, crash_every=2.0, stay_down=0.1, partition_every=3.0)
 
 
 @dataclass(frozen=True)
