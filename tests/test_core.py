@@ -342,3 +342,30 @@ def test_busy_node_lets_go_of_a_claim_it_comes_to_win() -> None:
     assert a.running == {"q/job0": 1}
     assert a.cluster.job(f"q/{contested}").state == PENDING
     assert starts(a.finished("q/job0", 1, ok(2.0), 2.0)) == [(f"q/{contested}", 1)]
+
+
+def test_loser_of_a_collision_never_starts_the_command() -> None:
+    a, b = make_core(NODE_A), make_core(NODE_B)
+    a.startup(0.0)
+    b.startup(0.0)
+    connect(a, b, 0.0)
+    exchange(a, b, 0.0)
+
+    # The same queue reaches both nodes at once; each claims its only job
+    # before hearing of the other's claim.
+    _new, a_actions = a.push_queue(make_queue("q", 1), 0.1)
+    _new, b_actions = b.push_queue(make_queue("q", 1), 0.1)
+    assert list(a.pending) == list(b.pending) == [("q/job0", 1)]
+    a_started = starts(a_actions)
+    b_started = starts(b_actions)
+    for _ in range(20):
+        for src, dst, out in ((a, b, b_started), (b, a, a_started)):
+            for frame in src.poll(dst.node_id):
+                out += starts(dst.receive(src.node_id, frame, 0.2))
+
+    expected = winner("q/job0", 1, [NODE_A, NODE_B])
+    assert (a_started, b_started) == (
+        ([("q/job0", 1)], []) if expected == NODE_A else ([], [("q/job0", 1)])
+    )
+    assert a.stats.lost + b.stats.lost == 1
+    assert a.cluster.job("q/job0").node == b.cluster.job("q/job0").node == expected
