@@ -16,7 +16,15 @@ from one seeded generator, so a seed replays exactly:
 :meth:`Sim.run` plays the workload, stops the faults at a fixed virtual
 time, then runs until the cluster is quiet (every job ended, every replica
 at the same heads) or a virtual deadline passes. The ``check_*`` methods
-return the broken invariants as readable lines.
+return the broken invariants as readable lines. A benchmark of the claim path
+reads the result::
+
+    sim = Sim(1, FAULT_FREE, Workload(nodes=6, jobs=60, everywhere=True))
+    result = sim.run()
+    result.settle_latencies(), result.total("lost"), result.duplicate_starts()
+
+Virtual seconds cost no wall time; what a run costs is its number of events,
+mostly Automerge sync messages, which grows with the square of the nodes.
 """
 
 from __future__ import annotations
