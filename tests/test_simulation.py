@@ -17,7 +17,7 @@ import random
 import pytest
 from sim import CHAOS, CRASH, FAULT_FREE, PARTITION, Profile, Sim, Workload
 
-DEFAULT_SEEDS = {"fault_free": 70, "crash": 60, "partition": 60, "chaos": 20}
+DEFAULT_SEEDS = {"fault_free": 60, "crash": 50, "partition": 50, "chaos": 20}
 
 
 def seeds(profile: Profile) -> list[object]:
