@@ -521,19 +521,23 @@ def derive(job: str, record: Mapping[str, Any], entry: _JobIndex) -> JobView:
         }
         states = {node_id: r.get("state") for node_id, r in results.items()}
         failed = [n for n, s in states.items() if s == FAILED]
+        interrupted = [n for n, s in states.items() if s == "interrupted"]
+        was_lost = bool(interrupted or entry.takeovers.get(attempt))
+        # An attempt can be both failed and lost (a late failure from a node
+        # that was taken over); it counts as both, so that a record arriving
+        # later only ever adds to the counts and a finished job stays finished.
         if failed:
             failures += 1
+            lost += was_lost
             if failures > retries:
                 node_id = min(failed)
                 return JobView(
                     job, queue, name, FAILED, attempt, node_id, tuple(claims),
                     results[node_id], failures, lost,
                 )  # fmt: skip
-            attempt += 1
-            continue
-        interrupted = [n for n, s in states.items() if s == "interrupted"]
-        if interrupted or entry.takeovers.get(attempt):
+        elif was_lost:
             lost += 1
+        if failed or was_lost:
             if lost >= MAX_LOST_ATTEMPTS:
                 last = min(interrupted) if interrupted else None
                 return JobView(

@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from amucrdt import SCHEMA_VERSION
@@ -424,3 +424,42 @@ def test_scores_differ_between_attempts_of_one_job() -> None:
 def test_preference_does_not_depend_on_the_attempt_and_differs_by_node() -> None:
     assert preference(NODE_A, JOB) == preference(NODE_A, JOB)
     assert preference(NODE_A, JOB) != preference(NODE_B, JOB)
+
+
+evidence = st.lists(
+    st.tuples(
+        st.integers(min_value=1, max_value=7),
+        st.sampled_from([NODE_A, NODE_B, NODE_C]),
+        st.sampled_from([FAILED, "interrupted", "takeover", RUNNING]),
+    ),
+    max_size=25,
+)
+
+
+@given(retries=st.integers(min_value=0, max_value=3), records=evidence)
+@example(
+    retries=1,
+    records=[(a, NODE_A, "interrupted") for a in range(1, MAX_LOST_ATTEMPTS + 1)]
+    + [(1, NODE_B, FAILED)],
+)
+def test_finished_job_never_reopens_whatever_arrives_later(
+    retries: int, records: list[tuple[int, str, str]]
+) -> None:
+    # Replicas learn records in any order and never lose one, so once a job
+    # is done or failed no later record may open it again: nodes stop looking
+    # at finished jobs, and a waiting user has been told the job ended.
+    cluster = cluster_with_job(retries=retries)
+    finished = False
+    for attempt, node, kind in records:
+        if kind == "takeover":
+            cluster.put_takeover(JOB, attempt, node, NODE_A, 9.0, "lease expired")
+        elif cluster.results(JOB, attempt).get(node, {}).get("state") in (
+            None,
+            RUNNING,
+        ):
+            # A node's own record only moves on from "running".
+            cluster.put_result(JOB, attempt, node, result(kind))
+        state = view_after(cluster).state
+        if finished:
+            assert state in (DONE, FAILED)
+        finished = state in (DONE, FAILED)
