@@ -425,13 +425,18 @@ def _compare(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
 #: Calls of the claim path whose cost per call the profile summary shows.
 PROFILE_FOCUS = (
     "fsync",
+    "(flush)",
+    "(append)",
     "'diff' of",
     "'receive_sync_message' of",
     "'generate_sync_message' of",
     "'save_after' of",
     "'commit' of",
     "'heads' of",
+    "'materialize' of",
+    "'put' of",
     "refresh",
+    "note_patches",
     "_after",
     "_open_jobs",
 )
