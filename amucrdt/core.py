@@ -61,6 +61,11 @@ class Config:
             progress before it restarts the exchange in a new epoch.
         window_factor: how far down the queue a node looks when spreading
             picks: free slots x (live nodes) x this factor.
+        rejoin_grace: how long a node that was heard from and then lost its
+            connection still holds up claims and settles, so that a peer
+            that stalled briefly (a long fsync, a huge push) reconnects and
+            is counted instead of being worked around; None means three
+            peer timeouts.
     """
 
     node_id: str
@@ -73,7 +78,15 @@ class Config:
     startup_grace: float = 3.0
     resync_after: float = 3.0
     window_factor: int = 2
+    rejoin_grace: float | None = None
     version: str = __version__
+
+    @property
+    def hold(self) -> float:
+        """The rejoin grace in force."""
+        if self.rejoin_grace is not None:
+            return self.rejoin_grace
+        return 3 * self.peer_timeout
 
 
 # Actions ----------------------------------------------------------------------
@@ -485,6 +498,8 @@ class NodeCore:
         """
         if not self.accepting or self.failed_reason is not None:
             return False
+        if not self.members_back(now):
+            return False
         for link in self.links.values():
             if not link.caught_up:
                 if link.heads is None or not self.doc.has_all(list(link.heads)):
@@ -494,6 +509,18 @@ class NodeCore:
             return True
         others = set(self.cluster.hosts) - {self.node_id}
         return others <= set(self.links)
+
+    def members_back(self, now: float) -> bool:
+        """False while a node heard from lately has no connection.
+
+        A peer whose connection dropped within ``rejoin_grace`` may be alive
+        and claiming; settling without it is what turns a stall into a
+        double run. Past the grace it is treated as gone (at least once).
+        """
+        for node_id, heard in self.last_heard.items():
+            if node_id not in self.links and now - heard < self.config.hold:
+                return False
+        return True
 
     def _check_acks(self, now: float) -> None:
         if not self.pending:
@@ -511,7 +538,7 @@ class NodeCore:
                     claim.acked.add(peer_id)
 
     def _settle(self, now: float) -> list[Action]:
-        if not self.pending:
+        if not self.pending or not self.members_back(now):
             return []
         live = set(self._live_peers(now))
         actions: list[Action] = []
