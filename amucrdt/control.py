@@ -74,7 +74,14 @@ class Control:
             spec = _queue_from_json(request.get("queue"))
             new, actions = self.node.core.push_queue(spec, now)
             self.node._do(actions)
-            self.node.flush()  # on disk before the reply
+            try:
+                self.node.flush()  # on disk before the reply
+            except AmucrdtError as exc:
+                raise AmucrdtError(
+                    f"queue {spec.name}: the node could not write it to disk "
+                    f"({exc}); it holds the queue in memory, takes no work and "
+                    "saves it once it can write again: do not push it elsewhere"
+                ) from None
             return {"queue": spec.name, "jobs": len(spec.jobs), "new": new}
         if op == "push_hosts":
             hosts = request.get("hosts")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -42,7 +43,7 @@ from amucrdt.core import (
 from amucrdt.datadir import DataDir
 from amucrdt.errors import AmucrdtError, AuthError, ProtocolError, SchemaError
 from amucrdt.leftovers import stop_leftovers
-from amucrdt.runner import Runner, RunSpec, local_os
+from amucrdt.runner import Runner, RunOutcome, RunSpec, local_os
 from amucrdt.state import check_schema, genesis
 from amucrdt.storage import DocStore
 from amucrdt.wire import (
@@ -162,6 +163,8 @@ class Node:
         # for every batch of events (group commit) and always before anything
         # that depends on them leaves the node: a frame, a reply, a job start.
         self._unsaved: list[bytes] = []
+        # Why the last write to the store failed; None while writes succeed.
+        self.storage_error: str | None = None
         # Set when the timer or the dialer died of an unexpected error.
         self._crashed: str | None = None
         self.core = self._load_core()
@@ -373,9 +376,26 @@ class Node:
             return
         data = b"".join(self._unsaved)
         # Kept until the append succeeds, so a failed write (a full disk) is
-        # retried by the next flush instead of losing the changes.
-        self.store.append(data)
+        # retried by the next flush instead of losing the changes. Meanwhile
+        # the node takes no work: it could not record what it starts.
+        try:
+            self.store.append(data)
+        except AmucrdtError as exc:
+            if self.storage_error is None:
+                log.error(
+                    "node %s: cannot write to %s (%s); taking no work until it can",
+                    self.node_id,
+                    self.datadir.path,
+                    exc,
+                )
+            self.storage_error = str(exc)
+            self.core.accepting = False
+            raise
         self._unsaved.clear()
+        if self.storage_error is not None:
+            log.warning("node %s: data directory writable again", self.node_id)
+            self.storage_error = None
+            self.core.accepting = not self._stopping.is_set()
         self._maybe_compact()
         self._background(self._notify())
 
@@ -400,7 +420,7 @@ class Node:
         spec = action.spec
         queue, _, name = action.job_id.partition("/")
         log_path = (
-            self.datadir.logs_dir / queue / f"{_safe_name(name)}.{action.attempt}.log"
+            self.datadir.logs_dir / queue / f"{_log_name(name)}.{action.attempt}.log"
         )
         run = RunSpec(
             job_id=action.job_id,
@@ -417,8 +437,22 @@ class Node:
         self._jobs[action.job_id] = asyncio.create_task(self._run_job(run))
 
     async def _run_job(self, run: RunSpec) -> None:
+        started = time.time()
         try:
             outcome = await self.runner.run(run)
+        except OSError as exc:
+            # The job could not even be set up (its log file cannot be made,
+            # the disk is full): record it failed rather than leave it running.
+            log.error("node %s: job %s cannot run: %s", self.node_id, run.job_id, exc)
+            outcome = RunOutcome(
+                exit_code=None,
+                signal=None,
+                timed_out=False,
+                started=started,
+                ended=time.time(),
+                tail="",
+                error=f"cannot run the job on this node: {exc}",
+            )
         finally:
             self._jobs.pop(run.job_id, None)
         record: dict[str, Any] = {
@@ -445,6 +479,8 @@ class Node:
             try:
                 self._do(self.core.tick(time.time()))
                 self._do(self.core.recover(time.time()))
+                if self.storage_error is not None:
+                    self.flush()
             except AmucrdtError as exc:
                 log.error("node %s: timer: %s", self.node_id, exc)
             if self.core.failed_reason is not None:
@@ -794,6 +830,16 @@ def _remote(ws: Connection) -> str:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _log_name(name: str) -> str:
+    """A file name for a job's log: readable, and distinct for distinct names.
+
+    Characters unsafe in a file name are replaced, so a short hash of the
+    real name keeps "a/b" and "a_b" apart.
+    """
+    digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+    return f"{_safe_name(name)}-{digest}"
 
 
 def _safe_name(name: str) -> str:
