@@ -105,6 +105,13 @@ def cmd_node(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     path = _data_dir(args)
+    if args.data_dir and not (path / "secret").exists() and not args.secret_file:
+        # A mistyped --data-dir would otherwise start a stranger node with a
+        # secret of its own that no peer accepts.
+        raise AmucrdtError(
+            f"{path} holds no cluster secret; run `amucrdt init --data-dir {path}` "
+            "and copy the cluster's secret file there, or pass --secret-file"
+        )
     if not args.data_dir:
         print(f"amucrdt: using data directory {path}", file=sys.stderr)
     peers = [normalize_address(p, "--peer") for p in args.peer]
@@ -231,6 +238,11 @@ def _print_dump(result: dict[str, Any]) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     while True:
         result = asyncio.run(_request(args, "status"))
+        if args.queue is not None:
+            if args.queue not in result["queues"]:
+                raise AmucrdtError(f"no queue named {args.queue!r} on this node")
+            result["jobs"] = [j for j in result["jobs"] if j["queue"] == args.queue]
+            result["queues"] = {args.queue: result["queues"][args.queue]}
         if args.json:
             _print_json(result)
         else:
@@ -637,6 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc)
         if isinstance(exc, OSError) and not isinstance(exc, AmucrdtError):
             message = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+        if not message:
+            message = f"{type(exc).__name__} (run with --debug for details)"
         print(f"amucrdt: error: {message}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -21,6 +21,9 @@ MAX_REPLY = 1024 * 1024 * 1024
 
 CONNECT_TIMEOUT = 10.0
 
+#: Longest wait for the answer to one request (a dump of a big cluster).
+REQUEST_TIMEOUT = 300.0
+
 
 class Client:
     """An authenticated control connection; use as an async context manager.
@@ -58,6 +61,12 @@ class Client:
             ) from None
         try:
             await self._handshake()
+        except TimeoutError:
+            await self._ws.close()
+            raise ClientError(
+                f"node at {self.url} did not complete authentication within "
+                f"{CONNECT_TIMEOUT:g}s; is it overloaded, or not an amucrdt node?"
+            ) from None
         except ConnectionClosed as exc:
             await self._ws.close()
             raise AuthError(
@@ -112,10 +121,15 @@ class Client:
         rid = self._next_id
         try:
             request = {"t": "req", "id": rid, "op": op, **fields}
-            await self._ws.send(encode_json(request))
-            reply = decode_json(_bytes(await self._ws.recv()), self.url)
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                await self._ws.send(encode_json(request))
+                reply = decode_json(_bytes(await self._ws.recv()), self.url)
+        except TimeoutError:
+            raise ClientError(
+                f"node at {self.url} did not answer {op} within {REQUEST_TIMEOUT:g}s"
+            ) from None
         except ConnectionClosed as exc:
-            reason = exc.rcvd.reason if exc.rcvd else "no reason given"
+            reason = (exc.rcvd.reason if exc.rcvd else "") or "no reason given"
             raise ClientError(
                 f"node at {self.url} closed the connection: {reason}"
             ) from None

@@ -347,6 +347,10 @@ def parse_queue(
     return QueueSpec(queue_name, tuple(jobs))
 
 
+#: Largest queue file read; a node refuses larger pushes anyway (--max-frame).
+MAX_QUEUE_FILE = 32 * 1024 * 1024
+
+
 def load_queue(path: str, fmt: str | None = None, name: str | None = None) -> QueueSpec:
     """Read and parse a queue file; ``"-"`` reads standard input.
 
@@ -358,12 +362,18 @@ def load_queue(path: str, fmt: str | None = None, name: str | None = None) -> Qu
     """
     try:
         if path == "-":
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(MAX_QUEUE_FILE + 1)
         else:
             with open(path, "rb") as file:
-                data = file.read()
+                data = file.read(MAX_QUEUE_FILE + 1)
     except OSError as exc:
         raise FormatError(path, f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_QUEUE_FILE:
+        raise FormatError(
+            path,
+            f"larger than {MAX_QUEUE_FILE // (1024 * 1024)} MiB; split the queue "
+            "into several files",
+        )
     return parse_queue(data, path, fmt, name)
 
 
