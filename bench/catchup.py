@@ -62,6 +62,14 @@ QUEUE = "history"
 POLL_TIMEOUT = 30.0
 
 
+class NotInSync(TimeoutError):
+    """The fresh node did not catch up in time; ``figures`` says how far it got."""
+
+    def __init__(self, message: str, figures: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.figures = figures
+
+
 def build_direct(data_dir: Path, jobs: int, progress: Progress) -> dict[str, Any]:
     """Write a document with ``jobs`` finished jobs into ``data_dir``."""
     began = time.monotonic()
@@ -155,10 +163,12 @@ def run_once(
             built = build_cluster(old, jobs, slots, progress, timeout)
         progress.say(f"document built ({built['method']}, {built['seconds']:.1f}s)")
         sizes_before = store_bytes(old.data_dir)
-        return _join(cluster, jobs, timeout, progress) | {
-            "build": built,
-            "node0_store_bytes": sizes_before,
-        }
+        built_figures = {"build": built, "node0_store_bytes": sizes_before}
+        try:
+            return _join(cluster, jobs, timeout, progress) | built_figures
+        except NotInSync as exc:
+            exc.figures |= built_figures
+            raise
     finally:
         progress.say("stopping nodes")
         cluster.close()
@@ -176,10 +186,31 @@ def _join(
     answered = time.time()
     deadline = time.monotonic() + timeout
     connected_at = None
-    polls = unanswered = 0
+    polls = unanswered = done = 0
     while True:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"fresh node not in sync after {timeout:.0f}s")
+            # What a failed run measured is kept: it shows how far it got.
+            raise NotInSync(
+                f"fresh node not in sync after {timeout:.0f}s",
+                {
+                    "jobs": jobs,
+                    "process_start_to_answering_s": round(answered - started, 3),
+                    "process_start_to_connected_s": (
+                        None
+                        if connected_at is None
+                        else round(connected_at - started, 3)
+                    ),
+                    "process_start_to_gave_up_s": round(time.time() - started, 3),
+                    "finished_jobs_seen": done,
+                    "status_polls": polls,
+                    "status_polls_unanswered": unanswered,
+                    "peak_rss_bytes": {
+                        "node0": proc_status_bytes(_pid(old), "VmHWM"),
+                        "fresh": proc_status_bytes(_pid(fresh), "VmHWM"),
+                    },
+                    "fresh_store_bytes": store_bytes(fresh.data_dir),
+                },
+            )
         try:
             status, sent = asyncio.run(_status(fresh, POLL_TIMEOUT))
         except (AmucrdtError, TimeoutError, OSError):
@@ -264,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
             result = run_once(
                 jobs, args.build, args.slots, args.seed, args.timeout, progress
             )
+        except NotInSync as exc:
+            progress.say(f"{jobs} jobs: failed: {exc}")
+            report["runs"].append({"error": str(exc)} | exc.figures)
+            write_json(out, report)
+            status = 2
+            continue
         except (AmucrdtError, TimeoutError, OSError) as exc:
             progress.say(f"{jobs} jobs: failed: {exc}")
             report["runs"].append({"jobs": jobs, "error": str(exc)})
